@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from tinygpt import CheckpointError, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture
+def ckpt(tiny_model, tmp_path):
+    return save_checkpoint(tiny_model, tmp_path / "ck", step=5, val_loss=3.2)
+
+
+def test_roundtrip_gives_identical_logits(tiny_model, ckpt):
+    model, info = load_checkpoint(ckpt)
+    x = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(tiny_model(x)[0], model(x)[0])
+    assert info["metadata"] == {"step": 5, "val_loss": 3.2}
+    assert info["tokenizer"]["name"] == "gpt2"
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_save_replaces_atomically_and_leaves_no_temporaries(tiny_model, ckpt):
+    save_checkpoint(tiny_model, ckpt, step=6)
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ck"]
+    assert json.loads((ckpt / "config.json").read_text())["metadata"]["step"] == 6
+
+
+def test_unserialisable_metadata_writes_nothing(tiny_model, tmp_path):
+    with pytest.raises(TypeError):
+        save_checkpoint(tiny_model, tmp_path / "x", bad=object())
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_files_are_named(ckpt):
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors: missing"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        load_checkpoint(ckpt.parent / "nowhere")
+
+
+def test_truncated_weights_are_refused(ckpt):
+    path = ckpt / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable.*truncated or corrupt"):
+        load_checkpoint(ckpt)
+
+
+def test_corrupt_config_is_refused(ckpt):
+    (ckpt / "config.json").write_text('{"model": {"n_layer": 2,')
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        load_checkpoint(ckpt)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model"]["n_embd"] = 64
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(ckpt)
+    cfg["model"]["n_layer"] = 3
+    cfg["model"]["n_embd"] = 32
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(ckpt)
+
+
+def test_unknown_config_field_is_refused(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model"]["n_experts"] = 8
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="bad model config"):
+        load_checkpoint(ckpt)

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tinygpt import generate
+from tinygpt.sampling import apply_top_k, apply_top_p
+
+
+def story(model, tok, **kw):
+    return [t.id for t in generate(model, tok, "Once upon a time", **kw)]
+
+
+def test_greedy_is_deterministic_and_matches_argmax(tiny_model, tokenizer):
+    a = story(tiny_model, tokenizer, max_new_tokens=10, temperature=0, stop_at_eot=False)
+    assert a == story(tiny_model, tokenizer, max_new_tokens=10, temperature=0, stop_at_eot=False)
+    ids = tokenizer.encode("Once upon a time")
+    with torch.no_grad():
+        logits, _ = tiny_model(torch.tensor([ids]))
+    assert a[0] == int(logits[0, -1].argmax())
+
+
+def test_seed_reproduces_a_sample(tiny_model, tokenizer):
+    a = story(tiny_model, tokenizer, max_new_tokens=20, temperature=1.0, seed=7, stop_at_eot=False)
+    b = story(tiny_model, tokenizer, max_new_tokens=20, temperature=1.0, seed=7, stop_at_eot=False)
+    c = story(tiny_model, tokenizer, max_new_tokens=20, temperature=1.0, seed=8, stop_at_eot=False)
+    assert a == b and a != c
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model, tokenizer):
+    greedy = story(tiny_model, tokenizer, max_new_tokens=8, temperature=0, stop_at_eot=False)
+    assert story(tiny_model, tokenizer, max_new_tokens=8, temperature=1.5, top_k=1, seed=1, stop_at_eot=False) == greedy
+    assert story(tiny_model, tokenizer, max_new_tokens=8, temperature=1.5, top_p=1e-6, seed=1, stop_at_eot=False) == greedy
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
+    assert torch.isinf(apply_top_k(logits, 2)).tolist() == [True, False, False, True]
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    assert torch.isinf(apply_top_p(probs, 0.8)).tolist() == [False, False, True, True]
+    assert torch.isinf(apply_top_p(probs, 0.81)).tolist() == [False, False, False, True]
+
+
+def test_stream_continues_past_block_size(tiny_model, tokenizer):
+    n = TINY.block_size * 3
+    tokens = list(generate(tiny_model, tokenizer, "x " * 100, max_new_tokens=n, temperature=0.9, seed=0,
+                           stop_at_eot=False, alternatives=3))
+    assert len(tokens) == n
+    assert all(len(t.alternatives) == 3 and 0 <= t.prob <= 1 for t in tokens)
+
+
+def test_stops_at_endoftext(tiny_model, tokenizer):
+    with torch.no_grad():  # final hidden state = a long <|endoftext|> row, so it wins the argmax
+        w = tiny_model.lm_head.weight
+        w[tokenizer.eot_id] *= 10
+        tiny_model.transformer.ln_f.weight.zero_()
+        tiny_model.transformer.ln_f.bias.copy_(w[tokenizer.eot_id])
+    tokens = list(generate(tiny_model, tokenizer, "", max_new_tokens=50, temperature=0))
+    assert tokens[-1].id == tokenizer.eot_id and len(tokens) < 50
+
+
+@pytest.mark.parametrize("kw, name", [({"temperature": -1}, "temperature"), ({"top_k": -1}, "top_k"),
+                                      ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+                                      ({"max_new_tokens": 0}, "max_new_tokens"), ({"seed": -3}, "seed")])
+def test_out_of_range_arguments_raise(tiny_model, tokenizer, kw, name):
+    with pytest.raises(ValueError, match=name):
+        next(generate(tiny_model, tokenizer, "hi", **kw))

@@ -1,0 +1,115 @@
+"""Checkpoints: a directory with `model.safetensors` (weights) and `config.json` (model config + metadata).
+
+Nothing is pickled, so loading a checkpoint from anywhere cannot run code. Writes are atomic: a
+checkpoint is built in a temporary directory and renamed into place, so a crash never leaves half of one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tinygpt.fileio import atomic_dir
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.tokenizer import Tokenizer
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+FORMAT = "tinygpt-v1"
+TIED = "lm_head.weight"  # shares storage with transformer.wte.weight; stored once
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or does not fit its config."""
+
+
+def unwrap(model: torch.nn.Module) -> GPT:
+    """The plain GPT inside DDP and/or torch.compile wrappers."""
+    while not isinstance(model, GPT):
+        model = getattr(model, "_orig_mod", None) or getattr(model, "module")
+    return model
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to store: contiguous CPU tensors, the tied head stored once."""
+    sd = unwrap(model).state_dict()
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items() if k != TIED}
+
+
+def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike, **metadata: Any) -> Path:
+    """Write `directory/` atomically: the (uncompiled, unwrapped) weights and a readable config.json.
+
+    `metadata` (step, tokens_seen, val_loss, ...) must be JSON-serialisable; it is stored as is.
+    """
+    gpt = unwrap(model)
+    info = {
+        "format": FORMAT,
+        "model": dataclasses.asdict(gpt.config),
+        "num_params": gpt.num_params(),
+        "tokenizer": {"name": Tokenizer.name, "sha256": Tokenizer.sha256},
+        "metadata": metadata,
+    }
+    text = json.dumps(info, indent=2)  # fails before anything is written if metadata is not JSON
+    with atomic_dir(directory) as tmp:
+        save_file(model_state(gpt), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(text + "\n", encoding="utf-8")
+    return Path(directory)
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint, checked for the fields loading needs."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a checkpoint directory holds {CONFIG} and {WEIGHTS}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is truncated or corrupt") from e
+    if not isinstance(info, dict) or not isinstance(info.get("model"), dict):
+        raise CheckpointError(f"{path}: no 'model' section; this is not a tinygpt checkpoint config")
+    try:
+        info["model_config"] = GPTConfig(**info["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from e
+    return info
+
+
+def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[GPT, dict]:
+    """Build the model a checkpoint describes and load its weights; return (model in eval mode, info).
+
+    `info` is config.json's content: 'model', 'metadata', 'tokenizer', 'num_params'.
+    """
+    directory = Path(directory)
+    info = read_config(directory)
+    config = info.pop("model_config")
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; save the model with tinygpt.save_checkpoint")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e}); it is truncated or corrupt") from e
+    model = GPT(config)
+    _check_fits(model, state, path)
+    model.load_state_dict(state, strict=False)  # strict=False only for the tied head, checked above
+    return model.to(device).eval(), info
+
+
+def _check_fits(model: GPT, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit config.json: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for k, shape in expected.items():
+        if state[k].shape != shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, config.json implies "
+                                  f"{tuple(shape)}; the weights do not fit the config")
+        if not torch.isfinite(state[k]).all():
+            raise CheckpointError(f"{path}: {k} holds NaN or infinite values")
