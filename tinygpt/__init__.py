@@ -1,18 +1,29 @@
 """TinyGPT: a small GPT-2-style language model trained on TinyStories, with a story playground.
 
-Public API:
+Public API (imported lazily, so `import tinygpt` and the torch-free data tools start fast):
     GPT, GPTConfig                 the model and its shape (tinygpt.model)
     Tokenizer                      offline GPT-2 BPE (tinygpt.tokenizer)
     generate, GeneratedToken       streaming sampler (tinygpt.sampling)
-    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints
-    pick_device, pick_dtype        device and dtype choice
+    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.checkpoint)
+    pick_device, pick_dtype        device and dtype choice (tinygpt.device)
 """
-from tinygpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tinygpt.device import pick_device, pick_dtype
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.sampling import GeneratedToken, generate
-from tinygpt.tokenizer import Tokenizer
+from importlib import import_module
 
-__all__ = ["GPT", "GPTConfig", "Tokenizer", "generate", "GeneratedToken", "save_checkpoint",
-           "load_checkpoint", "CheckpointError", "pick_device", "pick_dtype"]
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "GPT": "model", "GPTConfig": "model", "Tokenizer": "tokenizer", "generate": "sampling",
+    "GeneratedToken": "sampling", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint", "pick_device": "device", "pick_dtype": "device",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"tinygpt.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'tinygpt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
