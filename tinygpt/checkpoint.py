@@ -46,6 +46,13 @@ def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike, **meta
 
     `metadata` (step, tokens_seen, val_loss, ...) must be JSON-serialisable; it is stored as is.
     """
+    with atomic_dir(directory) as tmp:
+        write_checkpoint(model, tmp, **metadata)
+    return Path(directory)
+
+
+def write_checkpoint(model: torch.nn.Module, directory: Path, **metadata: Any) -> None:
+    """Write the checkpoint files into an existing directory (callers make it atomic)."""
     gpt = unwrap(model)
     info = {
         "format": FORMAT,
@@ -55,10 +62,8 @@ def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike, **meta
         "metadata": metadata,
     }
     text = json.dumps(info, indent=2)  # fails before anything is written if metadata is not JSON
-    with atomic_dir(directory) as tmp:
-        save_file(model_state(gpt), str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(text + "\n", encoding="utf-8")
-    return Path(directory)
+    save_file(model_state(gpt), str(directory / WEIGHTS), metadata={"format": FORMAT})
+    (directory / CONFIG).write_text(text + "\n", encoding="utf-8")
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,133 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tinygpt import GPTConfig, load_checkpoint
+from tinygpt.schedule import lr_at
+from tinygpt.train_config import TrainConfig
+from tinygpt.trainer import Trainer, TrainingError
+
+MODEL = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+
+
+def config(data, out, **kw):
+    base = TrainConfig(data_dir=str(data), out_dir=str(out), max_iters=60, eval_interval=20, eval_iters=2,
+                       log_interval=5, batch_size=8, tokens_per_step=256, learning_rate=1e-2, min_lr=1e-3,
+                       warmup_iters=5, device="cpu", dtype="float32", sample_tokens=10, seed=3)
+    return replace(base, **kw)
+
+
+def test_tiny_run_learns_and_writes_everything(token_data, tmp_path):
+    Trainer(MODEL, config(token_data, tmp_path)).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [20, 40, 60]
+    assert records[-1]["val_loss"] < 4.0 < math.log(50257) - 6  # from 10.8 at the start
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("best", "last"):
+        model, info = load_checkpoint(tmp_path / name)
+        assert model.config == MODEL and info["metadata"]["tokens_seen"] > 0
+    assert load_checkpoint(tmp_path / "last")[1]["metadata"]["step"] == 60
+
+
+def test_lr_schedule_shape():
+    lrs = [lr_at(s, 1.0, 0.1, warmup_iters=10, decay_iters=100) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup to the peak
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[9:99], lrs[10:100]))  # cosine decay
+    assert lrs[99] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)  # ends at min_lr
+    assert lr_at(54, 1.0, 0.1, 10, 100) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_min_lr_above_learning_rate_is_refused():
+    with pytest.raises(ValueError, match="min-lr"):
+        TrainConfig(learning_rate=1e-4, min_lr=1e-3)
+
+
+def test_lr_steps_once_per_optimizer_step(token_data, tmp_path):
+    cfg = config(token_data, tmp_path, max_iters=6, eval_interval=100, tokens_per_step=4 * 256, sample_tokens=0)
+    trainer = Trainer(MODEL, cfg)
+    assert trainer.accum == 4
+    trainer.run()
+    assert trainer.step == 6
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr(5))
+
+
+def weights(path):
+    return load_checkpoint(path)[0].state_dict()
+
+
+def test_resume_matches_straight_run(token_data, tmp_path):
+    model = replace(MODEL, dropout=0.1)  # dropout too: its randomness must resume exactly
+    kw = dict(eval_interval=4, lr_decay_iters=16, sample_tokens=0)
+    Trainer(model, config(token_data, tmp_path / "a", max_iters=8, **kw)).run()
+    Trainer(model, config(token_data, tmp_path / "a", max_iters=16, resume=True, **kw)).run()
+    Trainer(model, config(token_data, tmp_path / "b", max_iters=16, **kw)).run()
+    a, b = weights(tmp_path / "a" / "last"), weights(tmp_path / "b" / "last")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12, 16]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(token_data, tmp_path):
+    trainer = Trainer(MODEL, config(token_data, tmp_path, eval_interval=4, sample_tokens=0))
+    step = trainer.train_step
+
+    def poisoned():  # plant a NaN in the weights after step 6: the next real forward pass gives NaN
+        if trainer.step == 6:
+            with torch.no_grad():
+                trainer.model.transformer.wpe.weight[0, 0] = float("nan")
+        return step()
+
+    trainer.train_step = poisoned
+    with pytest.raises(TrainingError, match="loss is nan at step 7.*untouched"):
+        trainer.run()
+    model, info = load_checkpoint(tmp_path / "last")  # refuses NaN weights, so this proves it is clean
+    assert info["metadata"]["step"] == 4
+
+
+def test_sigterm_saves_a_loadable_last(token_data, tmp_path):
+    cmd = [sys.executable, "train.py", "--data-dir", str(token_data), "--out-dir", str(tmp_path),
+           "--max-iters", "100000", "--eval-interval", "100000", "--batch-size", "4", "--tokens-per-step", "128",
+           "--block-size", "32", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--device", "cpu",
+           "--log-interval", "1", "--sample-tokens", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    deadline = time.time() + 60
+    out = ""
+    while "loss=" not in out and time.time() < deadline:  # training is under way
+        out += proc.stdout.read(1)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + rest
+    assert "resume with --resume" in rest
+    model, info = load_checkpoint(tmp_path / "last")
+    assert info["metadata"]["step"] >= 1
+    assert (tmp_path / "last" / "trainer_state.json").exists()
+
+
+def test_torchrun_two_processes_match_one(token_data, tmp_path):
+    args = ["train.py", "--data-dir", str(token_data), "--max-iters", "6", "--eval-interval", "6",
+            "--eval-iters", "2", "--batch-size", "4", "--tokens-per-step", "256", "--block-size", "32",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--dropout", "0", "--device", "cpu",
+            "--dtype", "float32", "--sample-tokens", "0", "--seed", "5", "--learning-rate", "1e-2", "--warmup-iters", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *args, "--out-dir", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            *args, "--out-dir", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "micro-batches of 4 x 32 per step on 2 process(es) = 256 tokens" in multi.stderr
+    one, two = (json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1]) for d in ("one", "two"))
+    assert one["step"] == two["step"] == 6
+    assert abs(one["val_loss"] - two["val_loss"]) < 1e-3 and one["val_loss"] < 10.0
+    a, b = weights(tmp_path / "one" / "last"), weights(tmp_path / "two" / "last")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4

@@ -1,0 +1,66 @@
+"""Training configuration: the `TrainConfig` dataclass and the presets (`tiny`, `reference`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinygpt.model import GPTConfig
+
+
+def _f(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_dir: str = _f("data/tinystories", "folder with train.bin and val.bin from prepare_data.py")
+    out_dir: str = _f("out", "where best/, last/, metrics.jsonl and loss.png go")
+    max_iters: int = _f(5000, "optimizer steps in the whole run")
+    eval_interval: int = _f(250, "evaluate, sample and checkpoint every N steps")
+    eval_iters: int = _f(20, "batches per evaluation (the same fixed batches each time)")
+    log_interval: int = _f(10, "update the progress bar every N steps")
+    batch_size: int = _f(64, "sequences per micro-batch (per GPU)")
+    tokens_per_step: int = _f(65536, "tokens per optimizer step; gradient accumulation makes up the rest")
+    learning_rate: float = _f(1e-3, "peak learning rate after warmup")
+    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay (<= learning_rate)")
+    warmup_iters: int = _f(200, "linear warmup steps")
+    lr_decay_iters: int = _f(0, "steps over which the cosine decays to min_lr (0 = max_iters)")
+    weight_decay: float = _f(0.1, "AdamW weight decay, applied to weight matrices only")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    device: str = _f("auto", "cuda, cuda:N, mps, cpu or auto (CUDA, then MPS, then CPU)")
+    dtype: str = _f("auto", "autocast dtype: float32, bfloat16, float16 or auto",
+                    choices=["auto", "float32", "bfloat16", "float16"])
+    compile: bool = _f(False, "torch.compile the model (faster on GPUs after a warm-up)")
+    seed: int = _f(1337, "seed for weights, batches and dropout")
+    resume: bool = _f(False, "continue from out_dir/last/ exactly where it stopped")
+    sample_prompt: str = _f("Once upon a time", "prompt of the sample story printed at each evaluation")
+    sample_tokens: int = _f(60, "length of that sample story (0 = no sample)")
+    push_to_hub: str = _f("", "after training, upload out_dir/best to this Hub model repo (USER/NAME)")
+
+    def __post_init__(self) -> None:
+        positive = ("max_iters", "eval_interval", "eval_iters", "log_interval", "batch_size", "tokens_per_step")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr <= self.learning_rate:
+            raise ValueError(f"--min-lr ({self.min_lr}) must be between 0 and --learning-rate ({self.learning_rate})")
+        if self.warmup_iters < 0:
+            raise ValueError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
+
+    def grad_accum(self, block_size: int, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step on each process to reach `tokens_per_step` (at least 1)."""
+        per_micro = self.batch_size * block_size * world_size
+        return max(1, round(self.tokens_per_step / per_micro))
+
+
+PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
+    # The reference 30M model, for one GPU.
+    "reference": (GPTConfig(), TrainConfig()),
+    # Small enough to learn visibly on a laptop CPU in a couple of minutes.
+    "tiny": (
+        GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0),
+        TrainConfig(max_iters=300, eval_interval=50, eval_iters=5, log_interval=5, batch_size=16,
+                    tokens_per_step=1024, learning_rate=3e-3, min_lr=3e-4, warmup_iters=20, sample_tokens=40),
+    ),
+}

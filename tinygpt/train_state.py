@@ -1,0 +1,54 @@
+"""Training checkpoints: the model checkpoint plus what resuming needs (optimizer, scaler, step, tokens,
+best val loss), as `trainer_state.safetensors` + `trainer_state.json` in the same directory, written
+atomically together.
+
+Batches and dropout are seeded from (seed, rank, step), so the step is the whole data position and RNG
+state: a resumed run draws exactly what the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tinygpt.checkpoint import CheckpointError, write_checkpoint
+from tinygpt.fileio import atomic_dir
+from tinygpt.optim import optimizer_from_flat, optimizer_to_flat
+
+STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
+
+
+def save_training_checkpoint(directory: str | os.PathLike, model: torch.nn.Module,
+                             optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                             progress: dict, **metadata) -> None:
+    """Write model + training state to `directory` atomically. `progress` holds step, tokens_seen, ..."""
+    tensors, rest = optimizer_to_flat(optimizer)
+    rest["scaler"] = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
+    rest["progress"] = progress
+    text = json.dumps(rest, indent=1)
+    with atomic_dir(directory) as tmp:
+        write_checkpoint(model, tmp, **metadata)
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        (tmp / STATE_JSON).write_text(text + "\n", encoding="utf-8")
+
+
+def load_training_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None) -> dict:
+    """Restore optimizer and scaler from `directory`; return the saved progress dict."""
+    directory = Path(directory)
+    json_path, tensor_path = directory / STATE_JSON, directory / STATE_TENSORS
+    if not json_path.is_file() or not tensor_path.is_file():
+        raise CheckpointError(f"{directory}: no training state ({STATE_JSON}, {STATE_TENSORS}); "
+                              "it is not a train.py checkpoint, so --resume cannot continue from it")
+    try:
+        rest = json.loads(json_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path))
+    except Exception as e:  # corrupt JSON or safetensors: say which file
+        raise CheckpointError(f"{directory}: training state unreadable ({e}); start afresh without --resume") from e
+    optimizer_from_flat(optimizer, tensors, rest)
+    if scaler is not None and rest.get("scaler"):
+        scaler.load_state_dict(rest["scaler"])
+    return rest["progress"]

@@ -1,0 +1,219 @@
+"""The training loop: mixed precision, gradient accumulation and clipping, warmup-cosine learning rate,
+evaluation on fixed batches, atomic checkpoints (best/ and last/), exact resume, clean stops, DDP."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from tinygpt.checkpoint import load_checkpoint, save_checkpoint
+from tinygpt.dataloader import TokenDataset
+from tinygpt.device import pick_device, pick_dtype
+from tinygpt.distributed import DistInfo, any_across, init_distributed, mean_across
+from tinygpt.metrics import MetricsLog, flops_per_token, peak_flops
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.optim import make_optimizer
+from tinygpt.sampling import generate
+from tinygpt.schedule import lr_at
+from tinygpt.tokenizer import Tokenizer
+from tinygpt.train_config import TrainConfig
+from tinygpt.train_state import load_training_state, save_training_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, say); the message says what to do."""
+
+
+class Trainer:
+    def __init__(self, model_config: GPTConfig, config: TrainConfig, dist: DistInfo | None = None) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(self.device, config.dtype)
+        self.dist = dist or init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank) if self.dist.enabled else self.device
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls: ~free speed on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
+        self.out_dir = Path(config.out_dir)
+        self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
+        last = self.out_dir / "last"
+        if config.resume:
+            model, info = load_checkpoint(last, self.device)  # the saved shape wins over flags
+            model_config = model.config
+        else:
+            torch.manual_seed(config.seed)
+            model = GPT(model_config).to(self.device)
+        self.model, self.model_config = model, model_config
+        self.train_data = TokenDataset(Path(config.data_dir) / "train.bin", model_config.block_size)
+        self.val_data = TokenDataset(Path(config.data_dir) / "val.bin", model_config.block_size)
+        self.optimizer = make_optimizer(model, config.weight_decay, config.learning_rate,
+                                        (config.beta1, config.beta2), self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        if config.resume:
+            self._restore(last)
+        self.accum = config.grad_accum(model_config.block_size, self.dist.world_size)
+        self.step_tokens = config.batch_size * model_config.block_size * self.accum * self.dist.world_size
+        wrapped = DDP(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None) \
+            if self.dist.enabled else model
+        self.train_model = torch.compile(wrapped) if config.compile else wrapped
+        self.eval_batches = {name: data.fixed_batches(config.eval_iters, config.batch_size, self.device)
+                             for name, data in (("train", self.train_data), ("val", self.val_data))}
+        self.metrics = MetricsLog(self.out_dir, self.step if config.resume else None) if self.dist.is_main else None
+        self.stop_requested = False
+        log.info("model %.2fM parameters; %d micro-batches of %d x %d per step on %d process(es) = %d tokens",
+                 model.num_params() / 1e6, self.accum, config.batch_size, model_config.block_size,
+                 self.dist.world_size, self.step_tokens)
+
+    def _restore(self, last: Path) -> None:
+        progress = load_training_state(last, self.optimizer, self.scaler)
+        self.step, self.tokens_seen = progress["step"], progress["tokens_seen"]
+        self.best_val = progress.get("best_val", math.inf)
+        log.info("resuming from %s at step %d (%d tokens seen)", last, self.step, self.tokens_seen)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def lr(self, step: int) -> float:
+        c = self.config
+        return lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or c.max_iters)
+
+    def batch_starts(self, step: int) -> np.ndarray:
+        """Window starts of the whole global batch of `step`: the same whatever the number of processes."""
+        n = self.config.batch_size * self.accum * self.dist.world_size
+        rng = np.random.default_rng([self.config.seed, step])
+        return rng.integers(0, len(self.train_data) - self.model_config.block_size - 1, size=n)
+
+    def train_step(self) -> float:
+        """One optimizer step (all micro-batches); returns the mean loss over all processes."""
+        B, world, rank = self.config.batch_size, self.dist.world_size, self.dist.rank
+        torch.manual_seed(int(np.random.SeedSequence([self.config.seed, rank, self.step]).generate_state(1)[0]))
+        starts, total = self.batch_starts(self.step), torch.zeros((), device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.step)
+        for micro in range(self.accum):
+            i = micro * world + rank  # rank r takes every world-th slice
+            x, y = self.train_data.windows(starts[i * B:(i + 1) * B], self.device)
+            last = micro == self.accum - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            with sync:  # all-reduce gradients once per step, not per micro-batch
+                with self.autocast():
+                    _, loss = self.train_model(x, y)
+                self.scaler.scale(loss / self.accum).backward()
+            total += loss.detach() / self.accum
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(mean_across(total, self.dist))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss on the fixed train and val batches."""
+        self.model.eval()
+        out = {}
+        for name, batches in self.eval_batches.items():
+            losses = []
+            for x, y in batches:
+                with self.autocast():
+                    losses.append(self.model(x, y)[1].float())
+            out[name] = float(torch.stack(losses).mean())
+        self.model.train()
+        return out
+
+    def sample(self) -> str:
+        c = self.config
+        if c.sample_tokens <= 0:
+            return ""
+        tokens = generate(self.model.eval(), Tokenizer(), c.sample_prompt, max_new_tokens=c.sample_tokens,
+                          temperature=0.8, top_k=50, seed=c.seed)
+        text = c.sample_prompt + "".join(t.text for t in tokens)
+        self.model.train()
+        return text
+
+    def save(self, name: str, val_loss: float | None) -> None:
+        meta = dict(step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss,
+                    train_config=dataclasses.asdict(self.config))
+        if name == "best":
+            save_checkpoint(self.model, self.out_dir / name, **meta)
+            return
+        progress = dict(step=self.step, tokens_seen=self.tokens_seen, best_val=self.best_val)
+        save_training_checkpoint(self.out_dir / name, self.model, self.optimizer, self.scaler, progress, **meta)
+
+    def checkpoint_and_log(self, rate: float) -> dict:
+        """Evaluate, log a metrics record and a sample, save best/ and last/ (rank 0 only)."""
+        losses = self.evaluate()
+        peak = peak_flops(self.device, self.dtype)
+        mfu = rate * flops_per_token(self.model.num_params(), self.model_config) / peak if peak else None
+        record = dict(step=self.step, tokens_seen=self.tokens_seen, train_loss=losses["train"],
+                      val_loss=losses["val"], lr=self.lr(self.step - 1), tokens_per_sec=round(rate, 1),
+                      mfu=mfu, time=time.time())
+        self.metrics.append(record)
+        log.info("step %d: train %.4f, val %.4f, lr %.2e, %.0f tok/s%s", self.step, losses["train"],
+                 losses["val"], record["lr"], rate, f", MFU {mfu:.1%}" if mfu else "")
+        if text := self.sample():
+            log.info("sample: %s", text.replace("\n", " "))
+        if losses["val"] < self.best_val:
+            self.best_val = losses["val"]
+            self.save("best", losses["val"])
+        self.save("last", losses["val"])
+        return record
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.stop_requested:  # asked twice: stop now
+            raise KeyboardInterrupt
+        log.warning("signal %d: finishing this step, saving last/ and stopping", signum)
+        self.stop_requested = True
+
+    def run(self) -> dict | None:
+        """Train until max_iters (or a signal); return the last metrics record (rank 0)."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        record = None
+        try:
+            record = self._loop()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        return record
+
+    def _loop(self) -> dict | None:
+        c, record = self.config, None
+        self.model.train()
+        bar = tqdm(total=c.max_iters, initial=self.step, desc="train", unit="step", disable=not self.dist.is_main)
+        t0, tokens0 = time.perf_counter(), self.tokens_seen
+        while self.step < c.max_iters:
+            loss = self.train_step()
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopped. The last good checkpoint "
+                                    f"({self.out_dir / 'last'}) is untouched. Lower --learning-rate, or use "
+                                    "--dtype float32 / bfloat16 instead of float16.")
+            self.step += 1
+            self.tokens_seen += self.step_tokens
+            rate = (self.tokens_seen - tokens0) / (time.perf_counter() - t0)
+            if self.step % c.log_interval == 0:
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+            bar.update(1)
+            stop = any_across(self.stop_requested, self.dist, self.device)
+            if self.dist.is_main and (self.step % c.eval_interval == 0 or self.step == c.max_iters or stop):
+                record = self.checkpoint_and_log(rate)
+                t0, tokens0 = time.perf_counter(), self.tokens_seen
+            if stop:
+                log.info("stopped at step %d; resume with --resume", self.step)
+                break
+        bar.close()
+        return record
