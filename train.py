@@ -12,6 +12,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tinygpt.checkpoint import CheckpointError
 from tinygpt.cli import add_dataclass_args, config_from_args
+from tinygpt.device import use_large_malloc_threshold
 from tinygpt.distributed import cleanup_distributed
 from tinygpt.model import GPTConfig
 from tinygpt.sources import DataError
@@ -61,4 +62,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    use_large_malloc_threshold()  # re-execs once on Linux: 1.6x faster CPU training
     sys.exit(main())
