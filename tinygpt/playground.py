@@ -1,0 +1,118 @@
+"""The Gradio story playground: prompt and sampling controls, the story streaming in token by token,
+and "what the model was thinking": each token shaded by its probability, its alternatives on click."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import gradio as gr
+
+from tinygpt.serving import HOW_TO_GET_A_MODEL, LoadedModel
+from tinygpt.story import StoryUpdate, stream_story
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
+            "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
+            "Ben had a red ball. He"]
+INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
+         "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
+         "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
+
+
+def model_card(loaded: LoadedModel | None) -> str:
+    if loaded is None:
+        return HOW_TO_GET_A_MODEL
+    c, meta = loaded.model.config, loaded.info.get("metadata", {})
+    tokens, val = meta.get("tokens_seen"), meta.get("val_loss")
+    rows = [("model", f"`{loaded.source}`"), ("parameters", f"{loaded.model.num_params() / 1e6:.1f}M"),
+            ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens"),
+            ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
+            ("validation loss", f"{val:.3f}" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def stats_line(update: StoryUpdate) -> str:
+    line = f"**{update.n_tokens}** tokens · **{update.tokens_per_sec:.1f}** tokens/s · seed {update.seed}"
+    return "  \n".join([line, *(f"ℹ️ {n}" for n in update.notices)])
+
+
+def make_generate(loaded: LoadedModel | None):
+    def generate_story(prompt: str, temperature: float, top_k: int, top_p: float, max_new_tokens: int,
+                       seed: float | None) -> Iterator[tuple]:
+        if loaded is None:
+            raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
+        try:
+            stream = stream_story(loaded, prompt, temperature, top_k, top_p, max_new_tokens,
+                                  None if seed is None else int(seed))
+            for update in stream:
+                yield update.text, stats_line(update), update.pieces, update.alternatives
+        except (ValueError, TypeError) as e:  # out-of-range settings sent through the API
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return generate_story
+
+
+def show_alternatives(alternatives: list, evt: gr.SelectData) -> dict:
+    """The top candidates at the clicked token's position."""
+    i = evt.index if isinstance(evt.index, int) else evt.index[0]
+    if not alternatives or i >= len(alternatives):
+        return {}
+    return {repr(text): prob for text, prob in alternatives[i]}
+
+
+def controls() -> list:
+    prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
+    with gr.Accordion("Sampling settings", open=True):
+        temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)")
+        top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
+        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (1 = off)")
+        max_new = gr.Slider(1, 512, value=200, step=1, label="Max new tokens", elem_id="max-new")
+        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)")
+    return [prompt, temperature, top_k, top_p, max_new, seed]
+
+
+def build_demo(loaded: LoadedModel | None, concurrency: int | None = None, max_queue: int | None = None) -> gr.Blocks:
+    """The whole page; `loaded` None shows how to get a model instead of failing."""
+    concurrency = concurrency or int(os.environ.get("TINYGPT_CONCURRENCY", "4"))
+    with gr.Blocks(title="TinyGPT story playground") as demo:
+        gr.Markdown(INTRO)
+        if loaded is None:
+            gr.Markdown(HOW_TO_GET_A_MODEL, elem_id="no-model")
+        with gr.Row():
+            with gr.Column(scale=2):
+                inputs = controls()
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate", interactive=loaded is not None)
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    clear = gr.Button("Clear", elem_id="clear")
+                gr.Examples(EXAMPLES, inputs=[inputs[0]], label="Try a beginning")
+            with gr.Column(scale=3):
+                story = gr.Textbox(label="Story", lines=12, interactive=False, elem_id="story")
+                stats = gr.Markdown(elem_id="stats")
+                with gr.Accordion("What the model was thinking", open=True):
+                    gr.Markdown("Each generated token is shaded by the probability the model gave it (darker = more "
+                                "confident). Click a token to see the alternatives it considered there.")
+                    thinking = gr.HighlightedText(label="Token probabilities", show_legend=False,
+                                                  show_inline_category=False, elem_id="thinking")
+                    alternatives = gr.Label(label="Alternatives at the clicked token", num_top_classes=5,
+                                            elem_id="alternatives")
+                with gr.Accordion("Model card", open=loaded is None):
+                    gr.Markdown(model_card(loaded))
+                    if loaded is not None and loaded.loss_png:
+                        gr.Image(str(loaded.loss_png), label="Loss curve", show_label=True, interactive=False)
+        alts = gr.State([])
+        outputs = [story, stats, thinking, alts]
+        fn = make_generate(loaded)
+        common = dict(fn=fn, inputs=inputs, outputs=outputs, concurrency_limit=concurrency,
+                      concurrency_id="generate", show_progress="hidden")
+        click = go.click(api_name="generate", **common)
+        enter = inputs[0].submit(api_visibility="private", **common)
+        stop.click(None, cancels=[click, enter], api_visibility="private")
+        clear.click(lambda: ("", "", "", [], [], None), outputs=[inputs[0], story, stats, thinking, alts, alternatives],
+                    api_visibility="private")
+        thinking.select(show_alternatives, inputs=[alts], outputs=[alternatives], api_visibility="private")
+    demo.queue(max_size=max_queue or int(os.environ.get("TINYGPT_MAX_QUEUE", "64")),
+               default_concurrency_limit=concurrency)
+    return demo

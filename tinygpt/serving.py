@@ -1,0 +1,66 @@
+"""Which model the playground serves, and loading it: --checkpoint (a directory or a Hub repo id),
+TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, in that order."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinygpt.checkpoint import CheckpointError, load_checkpoint
+from tinygpt.device import pick_device
+from tinygpt.hub import download_checkpoint, is_repo_id
+from tinygpt.model import GPT
+from tinygpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+DEFAULT_CHECKPOINT = "out/best"
+
+HOW_TO_GET_A_MODEL = """\
+**No model is loaded yet.** To get one:
+
+1. Train one (a couple of minutes on a CPU): `python prepare_data.py --train-files stories.txt` then
+   `python train.py --preset tiny --data-dir data/tinystories`; the app picks up `out/best` by itself.
+2. Or point the app at a checkpoint: `python app.py --checkpoint path/to/checkpoint` (or `USER/NAME` on the
+   Hugging Face Hub), or set `TINYGPT_CHECKPOINT` / `TINYGPT_HUB_REPO` (on a Space: Settings → Variables).
+"""
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    info: dict  # config.json of the checkpoint
+    tokenizer: Tokenizer
+    source: str  # where it came from, for the page
+    directory: Path
+
+    @property
+    def loss_png(self) -> Path | None:
+        """The loss curve saved with the checkpoint or beside it (train.py writes out/loss.png)."""
+        return next((p for p in (self.directory / "loss.png", self.directory.parent / "loss.png")
+                     if p.is_file()), None)
+
+
+def resolve_source(checkpoint: str | None = None) -> str | None:
+    """The checkpoint to serve (a path or a repo id), or None when there is none to be had."""
+    for candidate in (checkpoint, os.environ.get("TINYGPT_CHECKPOINT")):
+        if candidate:
+            return candidate
+    if (Path(DEFAULT_CHECKPOINT) / "config.json").is_file():
+        return DEFAULT_CHECKPOINT
+    return os.environ.get("TINYGPT_HUB_REPO") or None
+
+
+def load_for_serving(source: str, device: torch.device | None = None) -> LoadedModel:
+    """Load a local checkpoint directory or a Hub repo id, in eval mode on `device`."""
+    if Path(source).exists():
+        directory = Path(source)
+    elif is_repo_id(source):
+        directory = download_checkpoint(source)
+    else:
+        raise CheckpointError(f"{source}: no such checkpoint directory, and not a Hub repo id (USER/NAME)")
+    model, info = load_checkpoint(directory, device or pick_device())
+    log.info("serving %s (%.1fM parameters)", source, model.num_params() / 1e6)
+    return LoadedModel(model, info, Tokenizer(), source, directory)
