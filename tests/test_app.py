@@ -15,6 +15,7 @@ import torch
 from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
 from tinygpt.playground import build_demo
+from tinygpt.sampling import Decoder
 from tinygpt.serving import load_for_serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +39,19 @@ def checkpoint(tmp_path_factory):
 def server(checkpoint):
     """A launched app with one generation slot and a model slowed to ~50 ms/token, so a long job is long."""
     loaded = load_for_serving(str(checkpoint), torch.device("cpu"))
-    forward = loaded.model.forward
+    step = Decoder.step
 
-    def slow_forward(*args, **kwargs):
+    def slow_step(self, token):
         time.sleep(0.05)
-        return forward(*args, **kwargs)
+        return step(self, token)
 
-    loaded.model.forward = slow_forward
-    demo = build_demo(loaded, concurrency=1, max_queue=8)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Decoder, "step", slow_step)
+        demo = build_demo(loaded, concurrency=1, max_queue=8)
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        yield f"http://127.0.0.1:{port}/"
+        demo.close()
 
 
 @pytest.fixture

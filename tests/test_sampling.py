@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import generate
-from tinygpt.sampling import apply_top_k, apply_top_p
+from tinygpt.sampling import sample_index, top_k_logits, top_p_probs
 
 
 def story(model, tok, **kw):
@@ -33,11 +33,19 @@ def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model, tokenizer):
 
 
 def test_top_k_and_top_p_filters():
-    logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
-    assert torch.isinf(apply_top_k(logits, 2)).tolist() == [True, False, False, True]
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    assert torch.isinf(apply_top_p(probs, 0.8)).tolist() == [False, False, True, True]
-    assert torch.isinf(apply_top_p(probs, 0.81)).tolist() == [False, False, False, True]
+    values, ids = top_k_logits(torch.tensor([1.0, 3.0, 2.0, 0.0]), 2)
+    assert ids.tolist() == [1, 2] and values.tolist() == [3.0, 2.0]
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    assert top_p_probs(probs, 0.8).tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
+    assert top_p_probs(probs, 0.81).tolist() == pytest.approx([0.5, 0.3, 0.15, 0.0])
+
+
+def test_sample_index_follows_the_distribution():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    counts = torch.bincount(torch.tensor([sample_index(probs, g) for _ in range(4000)]), minlength=4)
+    assert counts[1] == 0
+    assert (counts.float() / 4000 - probs).abs().max() < 0.03
 
 
 def test_stream_continues_past_block_size(tiny_model, tokenizer):

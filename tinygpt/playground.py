@@ -26,7 +26,8 @@ def model_card(loaded: LoadedModel | None) -> str:
         return HOW_TO_GET_A_MODEL
     c, meta = loaded.model.config, loaded.info.get("metadata", {})
     tokens, val = meta.get("tokens_seen"), meta.get("val_loss")
-    rows = [("model", f"`{loaded.source}`"), ("parameters", f"{loaded.model.num_params() / 1e6:.1f}M"),
+    rows = [("model", f"`{loaded.source}`"), ("parameters", f"{loaded.num_params / 1e6:.1f}M"),
+            ("serving precision", loaded.precision),
             ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens"),
             ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
             ("validation loss", f"{val:.3f}" if val is not None else "unknown"), ("step", meta.get("step", "?"))]

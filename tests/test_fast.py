@@ -1,0 +1,82 @@
+"""Reduced-precision serving, the lean decode step, and the transformers exporter."""
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tinygpt import generate
+from tinygpt.decode import DecodeStep
+from tinygpt.export import export_transformers
+from tinygpt.quantize import PRECISIONS, for_serving
+
+TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "int8": 3e-2}  # bf16 and int8 compute in bf16
+
+
+@pytest.fixture
+def trained_like(tiny_model):
+    """Random weights scaled up so logits have a real spread, as a trained model's do."""
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            if p.dim() == 2:
+                p.mul_(5)
+    return tiny_model
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_decode_step_matches_full_forward(trained_like, precision):
+    model = for_serving(trained_like, precision)
+    x = torch.randint(0, 50257, (1, TINY.block_size))
+    with torch.inference_mode():
+        full = model(x)[0][0].float()  # (T, vocab)
+        cache = model.new_cache(1)
+        model(x[:, :4], cache=cache, start_pos=0)
+        step = DecodeStep(model, cache)
+        for t in range(4, TINY.block_size):
+            logits = step(int(x[0, t]), t)
+            scale = full[t].abs().max()
+            assert (logits - full[t]).abs().max() <= TOLERANCE[precision] * max(1.0, scale), (precision, t)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_stays_close_to_fp32(trained_like, precision):
+    x = torch.randint(0, 50257, (2, TINY.block_size))
+    with torch.inference_mode():
+        ref = trained_like(x)[0]
+        out = for_serving(trained_like, precision)(x)[0].float()
+    agree = (ref.argmax(-1) == out.argmax(-1)).float().mean()
+    assert agree >= 0.9, agree
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision_samples_valid_text_under_the_controls(trained_like, tokenizer, precision):
+    model = for_serving(trained_like, precision)
+
+    def story(**kw):
+        return [t for t in generate(model, tokenizer, "Once upon a time", max_new_tokens=40,
+                                    stop_at_eot=False, **kw)]
+
+    greedy = story(temperature=0)
+    assert [t.id for t in greedy] == [t.id for t in story(temperature=0)]
+    assert len(greedy) == 40 and all(0 <= t.id < 50257 for t in greedy)
+    a, b = story(temperature=1.0, top_k=20, seed=3), story(temperature=1.0, top_k=20, seed=3)
+    assert [t.id for t in a] == [t.id for t in b]
+    text = "".join(t.text for t in a)
+    assert isinstance(text, str) and text == text.encode("utf-8").decode("utf-8")
+    assert [t.id for t in story(temperature=1.0, top_k=1, seed=9)] == [t.id for t in greedy]
+
+
+def test_for_serving_leaves_the_model_alone(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    for_serving(tiny_model, "int8")
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+    with pytest.raises(ValueError, match="precision"):
+        for_serving(tiny_model, "fp8")
+
+
+def test_exported_transformers_model_matches(trained_like, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    folder = export_transformers(trained_like, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    x = torch.randint(0, 50257, (2, TINY.block_size))
+    with torch.no_grad():
+        ours, theirs = trained_like(x)[0], hf(x).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
