@@ -4,8 +4,12 @@
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from tinygpt.checkpoint import CONFIG, WEIGHTS, CheckpointError
@@ -13,6 +17,10 @@ from tinygpt.checkpoint import CONFIG, WEIGHTS, CheckpointError
 log = logging.getLogger(__name__)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 OPTIONAL_FILES = ("loss.png",)
+
+
+class HubError(RuntimeError):
+    """The Hub cannot be used right now (offline, not logged in, bad repo id); the message says why."""
 
 
 def is_repo_id(text: str) -> bool:
@@ -40,3 +48,110 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
         except (EntryNotFoundError, Exception):  # optional extras: their absence is fine
             log.debug("%s has no %s", repo_id, name)
     return Path(paths[0]).parent
+
+
+def _loss_png(checkpoint: Path) -> Path | None:
+    return next((p for p in (checkpoint / "loss.png", checkpoint.parent / "loss.png") if p.is_file()), None)
+
+
+def stage_model(checkpoint: str | Path, repo_id: str, staging: Path) -> list[str]:
+    """Copy what a model repo holds into `staging`: weights, config, loss curve, model card."""
+    from tinygpt.model_card import render_model_card
+
+    checkpoint = Path(checkpoint)
+    for name in (WEIGHTS, CONFIG):
+        if not (checkpoint / name).is_file():
+            raise CheckpointError(f"{checkpoint / name}: missing; push a checkpoint directory such as out/best")
+        shutil.copy2(checkpoint / name, staging / name)
+    png = _loss_png(checkpoint)
+    if png:
+        shutil.copy2(png, staging / "loss.png")
+    (staging / "README.md").write_text(render_model_card(checkpoint, repo_id, png is not None), encoding="utf-8")
+    return sorted(p.name for p in staging.iterdir())
+
+
+def _api():
+    """An authenticated HfApi, or HubError saying how to log in (or that the Hub is unreachable)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    api = HfApi()
+    try:
+        api.whoami()
+    except LocalTokenNotFoundError:
+        raise HubError("not logged in to the Hugging Face Hub: set HF_TOKEN or run `hf auth login`") from None
+    except Exception as e:  # offline, bad token, ...
+        raise HubError(f"cannot reach the Hugging Face Hub ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}); check your connection and token") from None
+    return api
+
+
+def push(checkpoint: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> list[str]:
+    """Upload a checkpoint as a model repo; return the uploaded file names. Local files are only read."""
+    if not REPO_ID.match(repo_id):
+        raise HubError(f"{repo_id!r} is not a repo id; use USER/NAME")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = stage_model(checkpoint, repo_id, Path(tmp))
+        if dry_run:
+            return files
+        api = _api()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="Upload TinyGPT model")
+    log.info("uploaded %s to https://huggingface.co/%s", ", ".join(files), repo_id)
+    return files
+
+
+def space_files(root: Path) -> list[str]:
+    """Exactly what a Space needs: app.py, the package, requirements.txt and README.md (its config)."""
+    files = ["app.py", "requirements.txt", "README.md"]
+    files += sorted(str(p.relative_to(root)) for p in (root / "tinygpt").rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts)
+    return files
+
+
+def deploy_space(space_id: str, model_repo: str, root: str | Path = ".", dry_run: bool = False) -> list[str]:
+    """Create/update a Gradio Space from this repo and point it at `model_repo` (TINYGPT_HUB_REPO)."""
+    root = Path(root)
+    files = space_files(root)
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise HubError(f"run this from the TinyGPT repository root: missing {missing}")
+    if dry_run:
+        return files
+    api = _api()
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+    api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(root), allow_patterns=files,
+                      commit_message="Deploy the TinyGPT playground")
+    api.add_space_variable(space_id, "TINYGPT_HUB_REPO", model_repo)
+    log.info("deployed https://huggingface.co/spaces/%s serving %s", space_id, model_repo)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinygpt.hub", description="Share TinyGPT on the Hub.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("push", help="upload a checkpoint (weights, config, loss curve, model card)")
+    p.add_argument("checkpoint", help="checkpoint directory, e.g. out/best")
+    p.add_argument("--repo", required=True, help="model repo id USER/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    d = sub.add_parser("deploy-space", help="upload the playground as a Gradio Space serving a model repo")
+    d.add_argument("space", help="Space id USER/SPACE")
+    d.add_argument("--model", required=True, help="model repo id USER/NAME the Space serves")
+    d.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "push":
+            files = push(args.checkpoint, args.repo, args.private, args.dry_run)
+        else:
+            files = deploy_space(args.space, args.model, dry_run=args.dry_run)
+    except (HubError, CheckpointError) as e:
+        sys.stderr.write(f"tinygpt.hub: error: {e}\n")
+        return 2
+    log.info("%s: %s", "would upload" if args.dry_run else "uploaded", " ".join(files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
