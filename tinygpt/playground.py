@@ -74,6 +74,24 @@ def controls() -> list:
     return [prompt, temperature, top_k, top_p, max_new, seed]
 
 
+def output_column(loaded: LoadedModel | None) -> tuple:
+    """The story, its stats, the token-probability view with alternatives, and the model card."""
+    story = gr.Textbox(label="Story", lines=12, interactive=False, elem_id="story")
+    stats = gr.Markdown(elem_id="stats")
+    with gr.Accordion("What the model was thinking", open=True):
+        gr.Markdown("Each generated token is shaded by the probability the model gave it (darker = more "
+                    "confident). Click a token to see the alternatives it considered there.")
+        thinking = gr.HighlightedText(label="Token probabilities", show_legend=False,
+                                      show_inline_category=False, elem_id="thinking")
+        alternatives = gr.Label(label="Alternatives at the clicked token", num_top_classes=5,
+                                elem_id="alternatives")
+    with gr.Accordion("Model card", open=loaded is None):
+        gr.Markdown(model_card(loaded))
+        if loaded is not None and loaded.loss_png:
+            gr.Image(str(loaded.loss_png), label="Loss curve", show_label=True, interactive=False)
+    return story, stats, thinking, alternatives
+
+
 def build_demo(loaded: LoadedModel | None, concurrency: int | None = None, max_queue: int | None = None) -> gr.Blocks:
     """The whole page; `loaded` None shows how to get a model instead of failing."""
     concurrency = concurrency or int(os.environ.get("TINYGPT_CONCURRENCY", "4"))
@@ -90,19 +108,7 @@ def build_demo(loaded: LoadedModel | None, concurrency: int | None = None, max_q
                     clear = gr.Button("Clear", elem_id="clear")
                 gr.Examples(EXAMPLES, inputs=[inputs[0]], label="Try a beginning")
             with gr.Column(scale=3):
-                story = gr.Textbox(label="Story", lines=12, interactive=False, elem_id="story")
-                stats = gr.Markdown(elem_id="stats")
-                with gr.Accordion("What the model was thinking", open=True):
-                    gr.Markdown("Each generated token is shaded by the probability the model gave it (darker = more "
-                                "confident). Click a token to see the alternatives it considered there.")
-                    thinking = gr.HighlightedText(label="Token probabilities", show_legend=False,
-                                                  show_inline_category=False, elem_id="thinking")
-                    alternatives = gr.Label(label="Alternatives at the clicked token", num_top_classes=5,
-                                            elem_id="alternatives")
-                with gr.Accordion("Model card", open=loaded is None):
-                    gr.Markdown(model_card(loaded))
-                    if loaded is not None and loaded.loss_png:
-                        gr.Image(str(loaded.loss_png), label="Loss curve", show_label=True, interactive=False)
+                story, stats, thinking, alternatives = output_column(loaded)
         alts = gr.State([])
         outputs = [story, stats, thinking, alts]
         fn = make_generate(loaded)
