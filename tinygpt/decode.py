@@ -49,7 +49,7 @@ class DecodeStep:
         self.ln_f = (t.ln_f.weight, t.ln_f.bias)
         self.head = linear_fn(model.lm_head)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: torch.compile of this step cannot trace inference tensors
     def __call__(self, token: int, pos: int) -> torch.Tensor:
         nh, hs, C = self.n_head, self.head_dim, self.n_embd
         x = (self.wte[token].to(self.dtype) + self.wpe[pos]).view(1, C)

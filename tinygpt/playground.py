@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Iterator
 
 import gradio as gr
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
             "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
             "Ben had a red ball. He"]
+UPDATE_INTERVAL_S = 1 / 30
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
@@ -47,7 +49,13 @@ def make_generate(loaded: LoadedModel | None):
         try:
             stream = stream_story(loaded, prompt, temperature, top_k, top_p, max_new_tokens,
                                   None if seed is None else int(seed))
-            for update in stream:
+            now = last = 0.0
+            for update in stream:  # at most ~30 page updates a second: looks live, leaves the CPU to the model
+                now = time.perf_counter()
+                if now - last >= UPDATE_INTERVAL_S:
+                    last = now
+                    yield update.text, stats_line(update), update.pieces, update.alternatives
+            if now != last:  # the final state, if it was held back
                 yield update.text, stats_line(update), update.pieces, update.alternatives
         except (ValueError, TypeError) as e:  # out-of-range settings sent through the API
             raise gr.Error(str(e), print_exception=False) from None
