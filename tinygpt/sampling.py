@@ -100,7 +100,7 @@ class Decoder:
             return self.prefill(self.context[-self.keep:])
         return self.fast_step(token, len(self.context) - 1)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as DecodeStep: keeps the cache free of inference tensors, so both can be compiled
     def _run(self, ids: list[int], start_pos: int) -> torch.Tensor:
         idx = torch.tensor([ids], dtype=torch.long, device=self.cache[0].k.device)
         logits, _ = self.model(idx, cache=self.cache, start_pos=start_pos)
