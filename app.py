@@ -21,7 +21,7 @@ def parse_args() -> argparse.Namespace:
                    help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=os.environ.get("TINYGPT_PRECISION"),
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8", "int4"], default=os.environ.get("TINYGPT_PRECISION"),
                    help="serving precision (default: $TINYGPT_PRECISION, else int8 on CPU, bf16 on CUDA)")
     return p.parse_known_args()[0]  # known only: `gradio app.py` passes its own arguments
 

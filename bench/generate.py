@@ -55,6 +55,21 @@ def no_cache(model, prompt):
     return run
 
 
+def compiled_rates(served: dict, tok, prompt, reps: int) -> dict:
+    """The per-token step under torch.compile, for each precision."""
+    out, plain = {}, DecodeStep.__call__
+    DecodeStep.__call__ = torch.compile(plain, dynamic=True)
+    try:
+        for name, m in served.items():
+            try:
+                out[f"ours {name} compiled"] = best_rate(ours(m, tok, prompt), reps)
+            except Exception as e:  # inductor needs a C++ compiler; report rather than stop
+                print(f"ours {name} compiled: failed ({type(e).__name__}: {str(e)[:200]})")
+    finally:
+        DecodeStep.__call__ = plain
+    return out
+
+
 def transformers_rate(folder, prompt, dtype, reps):
     from transformers import AutoModelForCausalLM
 
@@ -108,7 +123,7 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a TinyGPT checkpoint directory (default: random reference weights)")
     p.add_argument("--val-bin", help="a val.bin memmap for agreement stories and the validation-loss change")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile'd decoding")
-    p.add_argument("--reps", type=int, default=3, help="best of N runs per mode")
+    p.add_argument("--reps", type=int, default=5, help="best of N runs per mode")
     args = p.parse_args()
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0] if args.checkpoint else GPT(GPTConfig()).eval()
@@ -117,28 +132,21 @@ def main() -> None:
     print(f"weights: {args.checkpoint or 'random'} ({model.num_params() / 1e6:.1f}M), threads: "
           f"{torch.get_num_threads()}, prompt 8 tokens, {NEW} new, top-k {TOP_K}", flush=True)
     rates = {"no cache fp32": best_rate(no_cache(model, prompt), args.reps)}
-    served = {p: for_serving(model, p) for p in ("fp32", "bf16", "int8")}
+    served = {p: for_serving(model, p) for p in ("fp32", "bf16", "int8", "int4")}
     for name, m in served.items():
         rates[f"ours {name}"] = best_rate(ours(m, tok, prompt), args.reps)
-        if args.compile:  # the per-token step is what runs 120 times: compile that
-            plain = DecodeStep.__call__
-            DecodeStep.__call__ = torch.compile(plain, dynamic=True)
-            try:
-                rates[f"ours {name} compiled"] = best_rate(ours(m, tok, prompt), args.reps)
-            except Exception as e:  # inductor needs a C++ compiler; report rather than stop
-                print(f"ours {name} compiled: failed ({type(e).__name__}: {str(e)[:200]})")
-            finally:
-                DecodeStep.__call__ = plain
     with tempfile.TemporaryDirectory() as folder:
         export_transformers(model, folder)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             rates[f"transformers {name}"] = transformers_rate(folder, prompt, dtype, args.reps)
+    if args.compile:  # last: compiling leaves worker threads and caches that slow what runs after it
+        rates.update(compiled_rates(served, tok, prompt, args.reps))
     for name, rate in rates.items():
         print(f"{name:>24}: {rate:7.1f} tokens/s", flush=True)
     seqs, ref = stories(tok, args.val_bin, block=model.config.block_size), served["fp32"]
     base = val_loss(ref, args.val_bin, model.config.block_size) if args.val_bin else None
-    for name in ("bf16", "int8"):
-        line = f"{name}: top-1 agreement with fp32 {agreement(ref, for_serving(model, name), seqs):.2%}"
+    for name in ("bf16", "int8", "int4"):
+        line = f"{name}: top-1 agreement with fp32 {agreement(ref, served[name], seqs):.2%}"
         if base is not None:
             line += f", val loss change {val_loss(served[name], args.val_bin, model.config.block_size) - base:+.4f}"
         print(line + (f" (fp32 val loss {base:.4f})" if base is not None else ""))

@@ -1,9 +1,11 @@
-"""Reduced-precision copies of a model for serving: bf16 weights, or int8 weights.
+"""Reduced-precision copies of a model for serving: bf16, int8, or int8 with an int4 output head.
 
-int8 (the CPU default): each Linear in the blocks keeps int8 weights with one bf16 scale per output
-channel and computes in bf16 (`torch._weight_int8pack_mm`); the output head, untied from the embedding
-as its own copy, uses PyTorch's dynamic int8 kernel (fbgemm), the fastest for its 50k x 384 shape here.
-At 19 MB the int8 head fits in cache; in fp32 (77 MB) it does not, and it dominates decoding.
+int8: each Linear in the blocks keeps int8 weights with one bf16 scale per output channel and computes in
+bf16 (`torch._weight_int8pack_mm`); the output head, untied from the embedding as its own copy, uses
+PyTorch's dynamic int8 kernel (fbgemm), the fastest int8 kernel for its 50k x 384 shape here.
+int4: the same blocks, and the head in 4 bits with a scale and zero point per group of 32 weights
+(`torch._weight_int4pack_mm_for_cpu`). Decoding one token reads every weight once, so it is bound by
+memory traffic, and the head is most of it: 77 MB in fp32, 19.3 MB in int8, 12 MB in int4 with its scales.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from tinygpt.checkpoint import unwrap
 from tinygpt.model import GPT
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16", "int8")
-DEFAULT_CPU_PRECISION = "int8"  # fastest here at >= 95% top-1 agreement (bench/generate.py)
+PRECISIONS = ("fp32", "bf16", "int8", "int4")
+DEFAULT_CPU_PRECISION = "int4"  # fastest here that keeps quality (bench/generate.py: 98% top-1, +0.002 val loss)
 
 
 class Int8Linear(nn.Module):
@@ -57,22 +59,50 @@ class Int8Head(nn.Module):
         return torch.ops.quantized.linear_dynamic(x.float(), self._packed_params._packed_params, True)
 
 
+class Int4Head(nn.Module):
+    """The output head in 4 bits, asymmetric per group of GROUP input weights, bf16 compute, fp32 logits."""
+
+    GROUP = 32
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        n, k = weight.shape
+        rows = (n + 63) // 64 * 64  # the packing wants whole tiles of rows
+        w = torch.zeros(rows, k)
+        w[:n] = weight.detach().float()
+        groups = w.view(rows, k // self.GROUP, self.GROUP)
+        lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+        scale = (hi - lo).clamp(min=1e-8) / 15
+        q = ((groups - lo) / scale).round().clamp(0, 15).to(torch.int32).view(rows, k)
+        zero = lo + 8 * scale  # the kernel computes (q - 8) * scale + zero
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scales_zeros", torch.cat([scale, zero], -1).transpose(0, 1).contiguous().bfloat16())
+        self.in_features, self.out_features = k, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).bfloat16(), self.packed,
+                                                       self.GROUP, self.scales_zeros)
+        return y[:, :self.out_features].float().view(*x.shape[:-1], self.out_features)
+
+
 def default_precision(device: torch.device) -> str:
-    """int8 on CPUs (fastest at fp32 quality, bench/generate.py), bf16 on CUDA, fp32 elsewhere."""
+    """int4 (int8 blocks, int4 head) on CPUs: the fastest that keeps quality; bf16 on CUDA; fp32 elsewhere."""
     return {"cpu": DEFAULT_CPU_PRECISION, "cuda": "bf16"}.get(device.type, "fp32")
 
 
 def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
-    """A converted copy of `model` in eval mode for inference ('fp32', 'bf16' or 'int8'); `model` is untouched."""
+    """A converted copy of `model` in eval mode for inference ('fp32', 'bf16', 'int8' or 'int4'); `model` is untouched."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     gpt = copy.deepcopy(unwrap(model)).eval()
     if precision == "bf16":
         return gpt.to(torch.bfloat16)
-    if precision == "int8":
+    if precision in ("int8", "int4"):
         if gpt.lm_head.weight.device.type != "cpu":
-            raise ValueError("int8 serving uses CPU kernels; use bf16 on GPUs")
-        head = Int8Head(gpt.lm_head.weight)  # its own copy: the embedding table stays as it was
+            raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
+        int4 = precision == "int4" and gpt.config.n_embd % Int4Head.GROUP == 0
+        # the head as its own copy: the embedding table stays as it was
+        head = Int4Head(gpt.lm_head.weight) if int4 else Int8Head(gpt.lm_head.weight)
         gpt = gpt.to(torch.bfloat16)
         for block in gpt.transformer.h:
             for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
