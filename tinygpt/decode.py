@@ -9,6 +9,7 @@ forward in every precision.
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import lru_cache
 from typing import Callable, List, Optional
 
@@ -64,10 +65,17 @@ def blocks_step(x: torch.Tensor, ln: List[Optional[torch.Tensor]], w: List[torch
 
 @lru_cache(maxsize=1)
 def compiled_blocks_step() -> Callable:
-    """`blocks_step` under TorchScript, or the plain function where scripting is unavailable."""
+    """`blocks_step` under TorchScript, or the plain function where scripting is unavailable.
+
+    torch.jit.script is deprecated in favour of torch.compile, but for this per-token loop on a CPU
+    torch.compile measured no faster than Python (bench/generate.py --compile), while TorchScript's
+    interpreter halves the dispatch cost. If a future PyTorch drops it, decoding falls back to Python.
+    """
     try:
-        return torch.jit.script(blocks_step)
-    except Exception as e:  # TorchScript is in maintenance: never let it stop generation
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(blocks_step)
+    except Exception as e:  # never let TorchScript stop generation
         log.warning("TorchScript unavailable (%s); decoding with plain Python", e)
         return blocks_step
 
