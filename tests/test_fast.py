@@ -99,3 +99,16 @@ def test_exported_transformers_model_matches(trained_like, tmp_path):
     with torch.no_grad():
         ours, theirs = trained_like(x)[0], hf(x).logits
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+def test_scripted_and_python_decode_steps_agree(trained_like):
+    model = for_serving(trained_like, "int8")
+    x = torch.randint(0, 50257, (1, 12))
+    outs = []
+    for scripted in (True, False):
+        cache = model.new_cache(1)
+        with torch.no_grad():
+            model(x[:, :4], cache=cache, start_pos=0)
+        step = DecodeStep(model, cache, scripted=scripted)
+        outs.append(torch.stack([step(int(x[0, t]), t) for t in range(4, 12)]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
