@@ -85,6 +85,14 @@ class Int4Head(nn.Module):
         return y[:, :self.out_features].float().view(*x.shape[:-1], self.out_features)
 
 
+def int4_available(n_embd: int) -> bool:
+    """The int4 head needs PyTorch's CPU int4 kernel and a width that splits into groups; else int8 is used."""
+    ok = n_embd % Int4Head.GROUP == 0 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+    if not ok:
+        log.warning("int4 head unavailable (n_embd %d, torch %s); using an int8 head", n_embd, torch.__version__)
+    return ok
+
+
 def default_precision(device: torch.device) -> str:
     """int4 (int8 blocks, int4 head) on CPUs: the fastest that keeps quality; bf16 on CUDA; fp32 elsewhere."""
     return {"cpu": DEFAULT_CPU_PRECISION, "cuda": "bf16"}.get(device.type, "fp32")
@@ -100,7 +108,7 @@ def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
     if precision in ("int8", "int4"):
         if gpt.lm_head.weight.device.type != "cpu":
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
-        int4 = precision == "int4" and gpt.config.n_embd % Int4Head.GROUP == 0
+        int4 = precision == "int4" and int4_available(gpt.config.n_embd)
         # the head as its own copy: the embedding table stays as it was
         head = Int4Head(gpt.lm_head.weight) if int4 else Int8Head(gpt.lm_head.weight)
         gpt = gpt.to(torch.bfloat16)
