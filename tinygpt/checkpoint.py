@@ -66,6 +66,12 @@ def write_checkpoint(model: torch.nn.Module, directory: Path, **metadata: Any) -
     (directory / CONFIG).write_text(text + "\n", encoding="utf-8")
 
 
+def find_loss_curve(directory: str | os.PathLike) -> Path | None:
+    """The loss curve saved with a checkpoint or beside it (train.py writes out/loss.png next to out/best)."""
+    directory = Path(directory)
+    return next((p for p in (directory / "loss.png", directory.parent / "loss.png") if p.is_file()), None)
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed config.json of a checkpoint, checked for the fields loading needs."""
     path = Path(directory) / CONFIG

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tinygpt.checkpoint import CONFIG, WEIGHTS, CheckpointError
+from tinygpt.checkpoint import CONFIG, WEIGHTS, CheckpointError, find_loss_curve
 
 log = logging.getLogger(__name__)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -50,10 +50,6 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     return Path(paths[0]).parent
 
 
-def _loss_png(checkpoint: Path) -> Path | None:
-    return next((p for p in (checkpoint / "loss.png", checkpoint.parent / "loss.png") if p.is_file()), None)
-
-
 def stage_model(checkpoint: str | Path, repo_id: str, staging: Path) -> list[str]:
     """Copy what a model repo holds into `staging`: weights, config, loss curve, model card."""
     from tinygpt.model_card import render_model_card
@@ -63,7 +59,7 @@ def stage_model(checkpoint: str | Path, repo_id: str, staging: Path) -> list[str
         if not (checkpoint / name).is_file():
             raise CheckpointError(f"{checkpoint / name}: missing; push a checkpoint directory such as out/best")
         shutil.copy2(checkpoint / name, staging / name)
-    png = _loss_png(checkpoint)
+    png = find_loss_curve(checkpoint)
     if png:
         shutil.copy2(png, staging / "loss.png")
     (staging / "README.md").write_text(render_model_card(checkpoint, repo_id, png is not None), encoding="utf-8")

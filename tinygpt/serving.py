@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.checkpoint import CheckpointError, load_checkpoint
+from tinygpt.checkpoint import CheckpointError, find_loss_curve, load_checkpoint
 from tinygpt.device import pick_device
 from tinygpt.hub import download_checkpoint, is_repo_id
 from tinygpt.model import GPT
@@ -41,9 +41,7 @@ class LoadedModel:
 
     @property
     def loss_png(self) -> Path | None:
-        """The loss curve saved with the checkpoint or beside it (train.py writes out/loss.png)."""
-        return next((p for p in (self.directory / "loss.png", self.directory.parent / "loss.png")
-                     if p.is_file()), None)
+        return find_loss_curve(self.directory)
 
 
 def resolve_source(checkpoint: str | None = None) -> str | None:
