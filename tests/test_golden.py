@@ -6,6 +6,9 @@ import torch
 from tests.conftest import TINY
 from tinygpt import GPT, generate
 
+# "counter" x4, " beet" x3, " anonym" x4, " vegan" x29: nonsense, but exactly reproducible
+GOLDEN_IDS = [24588, 24588, 24588, 24588, 25679, 25679, 25679, 14571, 14571, 14571, 14571] + [15169] * 29
+
 
 def hash_uniform(n: int, salt: int) -> torch.Tensor:
     """Deterministic pseudo-random numbers in [-0.5, 0.5) from a formula (the classic shader hash)."""
@@ -46,5 +49,3 @@ def test_golden_story_through_the_full_forward(tokenizer):
             ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
     assert ids[-n:] == GOLDEN_IDS[:n]
 
-
-GOLDEN_IDS = [24588, 24588, 24588, 24588, 25679, 25679, 25679, 14571, 14571, 14571, 14571] + [15169] * 29
