@@ -32,7 +32,6 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     """Fetch config.json + model.safetensors (+ loss.png if present) of a model repo into the Hub cache
     and return the local snapshot directory. Offline, a cached copy is used."""
     from huggingface_hub import hf_hub_download  # heavy; only when the Hub is used
-    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         paths = [hf_hub_download(repo_id, name, revision=revision) for name in (CONFIG, WEIGHTS)]
@@ -45,7 +44,7 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     for name in OPTIONAL_FILES:
         try:
             hf_hub_download(repo_id, name, revision=revision)
-        except (EntryNotFoundError, Exception):  # optional extras: their absence is fine
+        except Exception:  # optional extras: their absence is fine
             log.debug("%s has no %s", repo_id, name)
     return Path(paths[0]).parent
 

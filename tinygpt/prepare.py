@@ -117,8 +117,7 @@ def _batches(items: Iterable[str], n: int) -> Iterator[list[str]]:
 
 
 def _encode(tokenizer: Tokenizer, batch: list[str]) -> np.ndarray:
-    encode = tokenizer.enc.encode_ordinary  # releases the GIL; no per-batch thread pool as in encode_batch
-    ids = [encode(story) for story in batch]
+    ids = tokenizer.encode_batch(batch)
     for story in ids:
         story.append(tokenizer.eot_id)  # <|endoftext|> after every story
     return np.fromiter(chain.from_iterable(ids), dtype=DTYPE, count=sum(map(len, ids)))

@@ -59,9 +59,11 @@ class Tokenizer:
             return self.enc.encode(text, allowed_special={EOT_TEXT})
         return self.enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
-        """Many texts at once; tiktoken releases the GIL, so threads scale across cores."""
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many texts in this thread. tiktoken releases the GIL, so callers run batches on several
+        threads; unlike tiktoken's own batch encoder, no thread pool is made per call."""
+        encode = self.enc.encode_ordinary
+        return [encode(text) for text in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode(list(ids), errors="replace")
