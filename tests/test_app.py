@@ -109,23 +109,36 @@ def test_cancelled_job_frees_the_queue(client):
     assert len(long.outputs()) < 512
 
 
-def test_app_starts_without_a_model_and_says_how_to_get_one(tmp_path):
+def start_app(cwd: Path, app: Path = ROOT / "app.py", *args: str):
+    """app.py in a fresh process, with no TINYGPT_* variables; returns (process, base URL, /config body)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYGPT_")}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, str(app), "--port", str(port), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(240):
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2).read().decode()
+            return proc, f"http://127.0.0.1:{port}/", body
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("app.py did not start: " + proc.communicate()[0][-3000:])
+
+
+def stop_app(proc) -> str:
+    proc.terminate()
+    return proc.communicate(timeout=30)[0]
+
+
+def test_app_starts_without_a_model_and_says_how_to_get_one(tmp_path):
+    """A copy of the app without the shipped model (as if it were deleted): the page explains what to do."""
+    shutil.copy(ROOT / "app.py", tmp_path)
+    shutil.copytree(ROOT / "tinygpt", tmp_path / "tinygpt", ignore=shutil.ignore_patterns("story-model", "__pycache__"))
+    proc, _, body = start_app(tmp_path, tmp_path / "app.py")
     try:
-        body = ""
-        for _ in range(120):
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2).read().decode()
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert "No model is loaded yet" in body and "python train.py --preset tiny" in body
+        assert "No model is loaded yet" in body and "python train.py --preset cpu --time-budget 60m" in body
     finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        out = stop_app(proc)
     assert "Traceback" not in out
 
 
@@ -157,3 +170,40 @@ def test_browser_generate_and_inspect_a_token(server):
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+
+
+SHIPPED = ROOT / "tinygpt" / "assets" / "story-model"
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(not (SHIPPED / "config.json").exists(), reason="no shipped model in this checkout")
+def test_fresh_clone_serves_the_shipped_model_and_writes_a_story(tmp_path):
+    """No out/, no variables: the page serves the model in tinygpt/assets/story-model, says what it is and how
+    it was trained, and writes a story. Greedy decoding must give TinyStories' opening, which a wrongly loaded
+    (say, badly dequantized) model would not."""
+    from playwright.sync_api import sync_playwright
+
+    proc, url, body = start_app(tmp_path)
+    try:
+        assert "ships with TinyGPT" in body and "how it was trained" in body and "Train a better one" in body
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url)
+            page.locator("#prompt textarea").fill("Once upon a time")
+            page.locator("#max-new input[type=number]").fill("60")
+            page.locator("#temperature input[type=number]").fill("0")
+            page.locator("#generate").click()
+            for _ in range(300):
+                if any(s in page.locator("#stats").inner_text() for s in ("60** tokens", "ended the story")):
+                    break
+                page.wait_for_timeout(100)
+            story = page.locator("#story textarea").input_value()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "shipped-model.png"), full_page=True)
+            browser.close()
+    finally:
+        out = stop_app(proc)
+    assert story.startswith("Once upon a time, there was a"), story
+    assert len(story.split()) > 40 and story.count(".") >= 3, story
+    assert "Traceback" not in out

@@ -22,6 +22,7 @@ from tinygpt.tokenizer import Tokenizer
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "tinygpt-v1"
 TIED = "lm_head.weight"  # shares storage with transformer.wte.weight; stored once
+INT8_SCALE = ".int8_scale"  # suffix of the per-row scales of a matrix stored in int8
 
 
 class CheckpointError(ValueError):
@@ -41,28 +42,52 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items() if k != TIED}
 
 
-def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike, **metadata: Any) -> Path:
+def int8_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Matrices as int8 with one fp32 scale per row (a quarter of the bytes); everything else as it is."""
+    out = {}
+    for name, t in state.items():
+        if t.is_floating_point() and t.dim() == 2:
+            scale = t.float().abs().amax(dim=1).clamp(min=1e-12) / 127
+            out[name] = (t.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            out[name + INT8_SCALE] = scale
+        else:
+            out[name] = t
+    return out
+
+
+def dequantize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `int8_state` (a plain state is returned as it is)."""
+    scales = {k[:-len(INT8_SCALE)]: v for k, v in state.items() if k.endswith(INT8_SCALE)}
+    return {k: v.float() * scales[k][:, None] if k in scales else v
+            for k, v in state.items() if not k.endswith(INT8_SCALE)}
+
+
+def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike, *, int8: bool = False,
+                    **metadata: Any) -> Path:
     """Write `directory/` atomically: the (uncompiled, unwrapped) weights and a readable config.json.
 
-    `metadata` (step, tokens_seen, val_loss, ...) must be JSON-serialisable; it is stored as is.
+    `metadata` (step, tokens_seen, val_loss, ...) must be JSON-serialisable; it is stored as is. `int8` stores
+    the matrices in 8 bits with per-row scales (what loading then gives is what should be evaluated).
     """
     with atomic_dir(directory) as tmp:
-        write_checkpoint(model, tmp, **metadata)
+        write_checkpoint(model, tmp, int8=int8, **metadata)
     return Path(directory)
 
 
-def write_checkpoint(model: torch.nn.Module, directory: Path, **metadata: Any) -> None:
+def write_checkpoint(model: torch.nn.Module, directory: Path, *, int8: bool = False, **metadata: Any) -> None:
     """Write the checkpoint files into an existing directory (callers make it atomic)."""
     gpt = unwrap(model)
     info = {
         "format": FORMAT,
         "model": dataclasses.asdict(gpt.config),
         "num_params": gpt.num_params(),
+        "storage": "int8 matrices, fp32 per-row scales" if int8 else "as trained",
         "tokenizer": {"name": Tokenizer.name, "sha256": Tokenizer.sha256},
         "metadata": metadata,
     }
     text = json.dumps(info, indent=2)  # fails before anything is written if metadata is not JSON
-    save_file(model_state(gpt), str(directory / WEIGHTS), metadata={"format": FORMAT})
+    state = model_state(gpt)
+    save_file(int8_state(state) if int8 else state, str(directory / WEIGHTS), metadata={"format": FORMAT})
     (directory / CONFIG).write_text(text + "\n", encoding="utf-8")
 
 
@@ -102,8 +127,8 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; save the model with tinygpt.save_checkpoint")
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+        state = dequantize_state(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e}); it is truncated or corrupt") from e
     model = GPT(config)
     _check_fits(model, state, path)

@@ -101,10 +101,13 @@ class DecodeStep:
         self.K, self.V = [kv.k for kv in cache], [kv.v for kv in cache]  # (1, nh, block_size, hs) each
         self.ln_f = (t.ln_f.weight, t.ln_f.bias)
         self.head = linear_fn(model.lm_head)
+        self.row_of = model.row_of.tolist() if model.config.kept_tokens else None
+        self.vocab_logits = model.vocab_logits
         self.blocks = compiled_blocks_step() if scripted else blocks_step
 
     @torch.no_grad()  # not inference_mode: torch.compile of this step cannot trace inference tensors
     def __call__(self, token: int, pos: int) -> torch.Tensor:
-        x = (self.wte[token].to(self.wpe.dtype) + self.wpe[pos]).view(1, self.n_embd)
+        row = token if self.row_of is None else self.row_of[token]
+        x = (self.wte[row].to(self.wpe.dtype) + self.wpe[pos]).view(1, self.n_embd)
         x = self.blocks(x, self.ln, self.w, self.s, self.b, self.K, self.V, pos, self.n_head)
-        return self.head(F.layer_norm(x, (self.n_embd,), *self.ln_f))[0].float()  # (vocab,)
+        return self.vocab_logits(self.head(F.layer_norm(x, (self.n_embd,), *self.ln_f))[0].float())  # (vocab,)

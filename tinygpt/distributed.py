@@ -60,3 +60,12 @@ def any_across(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def from_main(value: int, info: DistInfo, device: torch.device) -> int:
+    """Rank 0's `value` on every process (plans made from timings, which differ between ranks)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())

@@ -37,6 +37,10 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under transformers' GPT-2 names (the tied head is implied by tie_word_embeddings)."""
     if not model.config.bias:
         raise ValueError("transformers' GPT-2 needs biases; this model was trained with bias=False")
+    if model.config.kept_tokens:
+        raise ValueError(f"this model has rows for only {model.config.kept_tokens:,} token ids (train.py "
+                         "--data-vocab); GPT2LMHeadModel needs one per id and cannot express the shared row's "
+                         "cost, so it would not be the same model. Train with --no-data-vocab to export it.")
     out = {}
     for name, tensor in model_state(model).items():
         if name.endswith(CONV1D):
@@ -66,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="folder to write the transformers model into")
     args = p.parse_args(argv)
     model, _ = load_checkpoint(args.checkpoint)
-    export_transformers(model, args.out)
+    try:
+        export_transformers(model, args.out)
+    except ValueError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     return 0
 
 

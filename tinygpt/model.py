@@ -3,6 +3,12 @@
 `GPT.forward(idx, targets=None) -> (logits, loss)` trains; `GPT.forward(idx, cache=c, start_pos=p)` with a
 cache from `GPT.new_cache()` decodes incrementally. The cache is passed in, not held by the model, so one
 model can serve many streams at once.
+
+Token ids are always GPT-2's 50,257. A model may keep embedding/output rows for only the ids its training data
+uses (`kept_tokens`, set by `train.py --data-vocab`): TinyStories uses about 10k of them, and at small widths
+the full head is most of the weights and of the compute. Every other id shares one extra row, and its
+probability is that row's split evenly over the ids that share it, so the model still gives every id a
+finite probability and the distribution over all 50,257 sums to one; losses stay full-vocabulary figures.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.kv_cache import KVCache
+from tinygpt.loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,12 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.1
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+    kept_tokens: int = 0  # 0: a row per id; N: rows for N ids (the data's) plus one shared by the rest
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the embedding table and the output head."""
+        return self.kept_tokens + 1 if self.kept_tokens else self.vocab_size
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -34,6 +47,8 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.kept_tokens < self.vocab_size:
+            raise ValueError(f"kept_tokens must be in [0, vocab_size), got {self.kept_tokens}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -94,17 +109,25 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, kept_ids: torch.Tensor | None = None) -> None:
+        """`kept_ids`: the ids that get their own rows when config.kept_tokens > 0 (a checkpoint's are loaded)."""
         super().__init__()
         self.config = config
+        if config.kept_tokens:  # id -> row; the ids not kept share the last row
+            ids = torch.arange(config.kept_tokens) if kept_ids is None else torch.as_tensor(kept_ids).long()
+            if ids.shape != (config.kept_tokens,) or len(ids.unique()) != len(ids):
+                raise ValueError(f"kept_ids must be {config.kept_tokens} distinct token ids")
+            row_of = torch.full((config.vocab_size,), config.kept_tokens, dtype=torch.int32)
+            row_of[ids] = torch.arange(config.kept_tokens, dtype=torch.int32)
+            self.register_buffer("row_of", row_of)  # saved with the weights
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.n_rows, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.n_rows, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream stays O(1).
@@ -126,30 +149,48 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids -> embedding/head rows (the same tensor when every id has its own row)."""
+        return self.row_of[idx] if self.config.kept_tokens else idx
+
+    def shared_row_cost(self) -> float:
+        """-log of the share each id not kept gets of the shared row's probability (0 without one)."""
+        c = self.config
+        return math.log(c.vocab_size - c.kept_tokens) if c.kept_tokens else 0.0
+
+    def vocab_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
+        """(..., n_rows) head outputs -> (..., vocab_size) logits of a distribution over every token id."""
+        if not self.config.kept_tokens:
+            return row_logits
+        shared = (self.row_of == self.config.kept_tokens).to(row_logits.dtype) * self.shared_row_cost()
+        return row_logits.index_select(-1, self.row_of) - shared
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: list[KVCache] | None = None, start_pos: int = 0,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab) and the mean cross-entropy if targets are given.
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
 
-        With a `cache` (from `new_cache`), idx holds the tokens at positions start_pos.. and the cache
-        supplies the earlier ones; then only the last position's logits are computed, which skips most
-        of the costly output head.
+        With targets the loss is computed in chunks (tinygpt.loss) and the (B, T, vocab) logits are never
+        built: they are most of training's memory. Targets of -1 are ignored. With a `cache` (from
+        `new_cache`), idx holds the tokens at positions start_pos.. and the cache supplies the earlier ones;
+        then only the last position's logits are computed, which skips most of the costly output head.
         """
         B, T = idx.size()
         if start_pos + T > self.config.block_size:
             raise ValueError(f"{start_pos + T} positions exceed block_size {self.config.block_size}")
         pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(self.rows(idx)) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache[i] if cache is not None else None, start_pos)
         x = self.transformer.ln_f(x)
         if cache is not None:
-            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            return self.vocab_logits(self.lm_head(x[:, [-1], :])), None  # (B, 1, vocab)
+        if targets is None:
+            return self.vocab_logits(self.lm_head(x)), None  # (B, T, vocab)
+        targets = targets.reshape(-1)
+        rows = torch.where(targets >= 0, self.rows(targets.clamp(min=0)), -1)
+        extra = (rows == self.config.kept_tokens).sum() * self.shared_row_cost() if self.config.kept_tokens else None
+        return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head, rows, extra)
 
     def new_cache(self, batch_size: int = 1) -> list[KVCache]:
         """A preallocated KV cache per layer, on the model's device and dtype, for one decoding stream."""

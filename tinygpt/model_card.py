@@ -49,7 +49,11 @@ for t in generate(loaded.model, Tokenizer(), "Once upon a time", max_new_tokens=
 
 Or in the playground: `python app.py --checkpoint {repo_id}`.
 
-With transformers: export it to a `GPT2LMHeadModel` folder, then load that as usual (GPT-2's tokenizer gives
+{transformers}
+"""
+
+
+TRANSFORMERS = """With transformers: export it to a `GPT2LMHeadModel` folder, then load that as usual (GPT-2's tokenizer gives
 the same ids):
 
 ```bash
@@ -60,6 +64,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model, tok = AutoModelForCausalLM.from_pretrained("tinygpt-hf"), AutoTokenizer.from_pretrained("gpt2")
 ```
 """
+NO_TRANSFORMERS = ("This model gives its own rows to only the {kept:,} token ids of its training data (the rest share "
+                   "one), which transformers' GPT-2 cannot express, so it is used with this package only.")
 
 
 def sample_story(model, seed: int = 0) -> str:
@@ -79,8 +85,10 @@ def render_model_card(checkpoint: str | Path, repo_id: str, has_loss_png: bool =
     meta, c = info.get("metadata", {}), model.config
     data = ModelCardData(license="mit", language="en", datasets=["roneneldan/TinyStories"], library_name="tinygpt",
                          pipeline_tag="text-generation", tags=TAGS, model_name=repo_id.split("/")[-1])
-    tokens, val = meta.get("tokens_seen"), meta.get("val_loss")
-    body = BODY.format(
+    tokens = meta.get("tokens_seen")
+    val = next((meta[k] for k in ("shipped_val_loss", "val_loss_all", "val_loss") if meta.get(k) is not None), None)
+    transformers = NO_TRANSFORMERS.format(kept=c.kept_tokens) if c.kept_tokens else TRANSFORMERS.format(repo_id=repo_id)
+    body = BODY.format(transformers=transformers,
         name=repo_id.split("/")[-1], repo_id=repo_id, params=model.num_params() / 1e6, params_exact=model.num_params(),
         n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size, dropout=c.dropout,
         tokens=f"{tokens:,}" if tokens else "unknown", step=meta.get("step", "unknown"),

@@ -23,17 +23,27 @@ INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
 
 
+TRAIN_YOUR_OWN = ("**Train a better one:** `python prepare_data.py` (TinyStories from the Hub, or `--train-files`), "
+                  "then `python train.py --preset cpu --time-budget 60m` on a CPU, or `python train.py` (the 30M "
+                  "reference model) on a GPU; restart the app and it serves `out/best`.")
+
+
 def model_card(loaded: LoadedModel | None) -> str:
     if loaded is None:
         return HOW_TO_GET_A_MODEL
     c, meta = loaded.model.config, loaded.info.get("metadata", {})
-    tokens, val = meta.get("tokens_seen"), meta.get("val_loss")
-    rows = [("model", f"`{loaded.source}`"), ("parameters", f"{loaded.num_params / 1e6:.1f}M"),
-            ("serving precision", loaded.precision),
-            ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens"),
+    tokens = meta.get("tokens_seen")
+    val = next((meta[k] for k in ("shipped_val_loss", "val_loss_all", "val_loss") if meta.get(k) is not None), None)
+    vocab = f", {c.kept_tokens:,} token ids of its own (the rest share one)" if c.kept_tokens else ""
+    rows = [("model", "the one that ships with TinyGPT" if loaded.shipped else f"`{loaded.source}`"),
+            ("parameters", f"{loaded.num_params / 1e6:.1f}M"), ("serving precision", loaded.precision),
+            ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens{vocab}"),
             ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
-            ("validation loss", f"{val:.3f}" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+            ("validation loss", f"{val:.3f} nats/token" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
+    if recipe := meta.get("recipe"):
+        rows.append(("how it was trained", recipe))
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return table + "\n\n" + TRAIN_YOUR_OWN
 
 
 def stats_line(update: StoryUpdate) -> str:
@@ -74,7 +84,7 @@ def show_alternatives(alternatives: list, evt: gr.SelectData) -> dict:
 def controls() -> list:
     prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
     with gr.Accordion("Sampling settings", open=True):
-        temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)")
+        temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
         top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
         top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (1 = off)")
         max_new = gr.Slider(1, 512, value=200, step=1, label="Max new tokens", elem_id="max-new")

@@ -54,6 +54,7 @@ class Int8Head(nn.Module):
             quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear},
                                                                dtype=torch.qint8)
         self._packed_params = quantized[0]._packed_params
+        self.out_features, self.in_features = weight.shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x.float(), self._packed_params._packed_params, True)

@@ -1,5 +1,5 @@
 """Which model the playground serves, and loading it: --checkpoint (a directory or a Hub repo id),
-TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, in that order."""
+TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the model that ships with the repo, in that order."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +14,7 @@ from tinygpt.device import pick_device
 from tinygpt.hub import download_checkpoint, is_repo_id
 from tinygpt.model import GPT
 from tinygpt.quantize import default_precision, for_serving
+from tinygpt.ship import SHIPPED_MODEL
 from tinygpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ DEFAULT_CHECKPOINT = "out/best"
 HOW_TO_GET_A_MODEL = """\
 **No model is loaded yet.** To get one:
 
-1. Train one (a couple of minutes on a CPU): `python prepare_data.py --train-files stories.txt` then
-   `python train.py --preset tiny --data-dir data/tinystories`; the app picks up `out/best` by itself.
+1. Train one: `python prepare_data.py` then `python train.py --preset cpu --time-budget 60m` (an hour on a
+   laptop CPU for readable stories; `--time-budget 10m` for a first taste); then restart the app, which serves
+   `out/best` when it is there.
 2. Or point the app at a checkpoint: `python app.py --checkpoint path/to/checkpoint` (or `USER/NAME` on the
    Hugging Face Hub), or set `TINYGPT_CHECKPOINT` / `TINYGPT_HUB_REPO` (on a Space: Settings → Variables).
 """
@@ -43,6 +45,11 @@ class LoadedModel:
     def loss_png(self) -> Path | None:
         return find_loss_curve(self.directory)
 
+    @property
+    def shipped(self) -> bool:
+        """The model that comes with the repo (not one the user trained or chose)."""
+        return self.directory.resolve() == SHIPPED_MODEL
+
 
 def resolve_source(checkpoint: str | None = None) -> str | None:
     """The checkpoint to serve (a path or a repo id), or None when there is none to be had."""
@@ -51,7 +58,9 @@ def resolve_source(checkpoint: str | None = None) -> str | None:
             return candidate
     if (Path(DEFAULT_CHECKPOINT) / "config.json").is_file():
         return DEFAULT_CHECKPOINT
-    return os.environ.get("TINYGPT_HUB_REPO") or None
+    if hub := os.environ.get("TINYGPT_HUB_REPO"):
+        return hub
+    return str(SHIPPED_MODEL) if (SHIPPED_MODEL / "config.json").is_file() else None
 
 
 def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None) -> LoadedModel:

@@ -1,5 +1,8 @@
 """The training loop: mixed precision, gradient accumulation and clipping, warmup-cosine learning rate,
-evaluation on fixed batches, atomic checkpoints (best/ and last/), exact resume, clean stops, DDP."""
+evaluation on fixed batches, atomic checkpoints (best/ and last/), exact resume, clean stops, a time budget, DDP.
+
+Memory stays flat: the loss never builds the (tokens x vocab) logits (tinygpt.loss). A stop request (Ctrl-C,
+SIGTERM) drops the unfinished step at the next micro-batch, saves last/ and exits, with no eval or sample."""
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +19,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from tinygpt.budget import TimeBudget, format_duration
 from tinygpt.checkpoint import load_checkpoint, save_checkpoint
 from tinygpt.dataloader import TokenDataset
 from tinygpt.device import pick_device, pick_dtype
-from tinygpt.distributed import DistInfo, any_across, init_distributed, mean_across
+from tinygpt.distributed import DistInfo, any_across, from_main, init_distributed, mean_across
+from tinygpt.evaluate import loss_over_all
 from tinygpt.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.optim import make_optimizer
@@ -39,6 +44,8 @@ class TrainingError(RuntimeError):
 class Trainer:
     def __init__(self, model_config: GPTConfig, config: TrainConfig, dist: DistInfo | None = None) -> None:
         self.config = config
+        seconds = config.budget_seconds
+        self.budget = TimeBudget(seconds) if seconds else None  # the clock starts now: start-up counts
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.dtype)
         self.dist = dist or init_distributed(self.device.type)
@@ -48,16 +55,21 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.out_dir = Path(config.out_dir)
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
+        self.max_iters = config.max_iters  # a time budget replaces it with what fits
         last = self.out_dir / "last"
         if config.resume:
             model, info = load_checkpoint(last, self.device)  # the saved shape wins over flags
             model_config = model.config
-        else:
-            torch.manual_seed(config.seed)
-            model = GPT(model_config).to(self.device)
-        self.model, self.model_config = model, model_config
         self.train_data = TokenDataset(Path(config.data_dir) / "train.bin", model_config.block_size)
         self.val_data = TokenDataset(Path(config.data_dir) / "val.bin", model_config.block_size)
+        if not config.resume:
+            kept = self.train_data.used_token_ids() if config.data_vocab else None
+            if kept is not None:  # a new config; the one passed in stays as it was
+                model_config = dataclasses.replace(model_config, kept_tokens=len(kept))
+                log.info("data vocabulary: %d of %d token ids get their own rows", len(kept), model_config.vocab_size)
+            torch.manual_seed(config.seed)
+            model = GPT(model_config, None if kept is None else torch.from_numpy(kept)).to(self.device)
+        self.model, self.model_config = model, model_config
         self.optimizer = make_optimizer(model, config.weight_decay, config.learning_rate,
                                         (config.beta1, config.beta2), self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -87,7 +99,7 @@ class Trainer:
 
     def lr(self, step: int) -> float:
         c = self.config
-        return lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or c.max_iters)
+        return lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or self.max_iters)
 
     def batch_starts(self, step: int) -> np.ndarray:
         """Window starts of the whole global batch of `step`: the same whatever the number of processes."""
@@ -95,14 +107,18 @@ class Trainer:
         rng = np.random.default_rng([self.config.seed, step])
         return rng.integers(0, len(self.train_data) - self.model_config.block_size - 1, size=n)
 
-    def train_step(self) -> float:
-        """One optimizer step (all micro-batches); returns the mean loss over all processes."""
+    def train_step(self) -> float | None:
+        """One optimizer step (all micro-batches); returns the mean loss over all processes, or None when a
+        stop request dropped the step (single process: checked between micro-batches, so it ends promptly)."""
         B, world, rank = self.config.batch_size, self.dist.world_size, self.dist.rank
         torch.manual_seed(int(np.random.SeedSequence([self.config.seed, rank, self.step]).generate_state(1)[0]))
         starts, total = self.batch_starts(self.step), torch.zeros((), device=self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(self.step)
         for micro in range(self.accum):
+            if self.stop_requested and not self.dist.enabled:  # DDP ranks must agree: they stop between steps
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
             i = micro * world + rank  # rank r takes every world-th slice
             x, y = self.train_data.windows(starts[i * B:(i + 1) * B], self.device)
             last = micro == self.accum - 1
@@ -134,6 +150,12 @@ class Trainer:
         self.model.train()
         return out
 
+    def evaluate_all_val(self) -> float:
+        """Mean loss over every token of val.bin (each scored once): the figure to compare runs by."""
+        loss = loss_over_all(self.model, self.val_data, self.config.batch_size, self.dtype)
+        self.model.train()
+        return loss
+
     def sample(self) -> str:
         c = self.config
         if c.sample_tokens <= 0:
@@ -144,8 +166,8 @@ class Trainer:
         self.model.train()
         return text
 
-    def save(self, name: str, val_loss: float | None) -> None:
-        meta = dict(step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss,
+    def save(self, name: str, val_loss: float | None, **extra) -> None:
+        meta = dict(step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss, **extra,
                     train_config=dataclasses.asdict(self.config))
         if name == "best":
             save_checkpoint(self.model, self.out_dir / name, **meta)
@@ -153,23 +175,28 @@ class Trainer:
         progress = dict(step=self.step, tokens_seen=self.tokens_seen, best_val=self.best_val)
         save_training_checkpoint(self.out_dir / name, self.model, self.optimizer, self.scaler, progress, **meta)
 
-    def checkpoint_and_log(self, rate: float) -> dict:
-        """Evaluate, log a metrics record and a sample, save best/ and last/ (rank 0 only)."""
+    def checkpoint_and_log(self, rate: float, final: bool = False) -> dict:
+        """Evaluate, log a metrics record and a sample, save best/ and last/ (rank 0 only). The final one
+        also scores every validation token (`val_loss_all`)."""
         losses = self.evaluate()
         peak = peak_flops(self.device, self.dtype)
         mfu = rate * flops_per_token(self.model.num_params(), self.model_config) / peak if peak else None
         record = dict(step=self.step, tokens_seen=self.tokens_seen, train_loss=losses["train"],
                       val_loss=losses["val"], lr=self.lr(self.step - 1), tokens_per_sec=round(rate, 1),
                       mfu=mfu, time=time.time())
+        if final:
+            record["val_loss_all"] = self.evaluate_all_val()
+            log.info("all %d validation tokens: loss %.4f", len(self.val_data) - 1, record["val_loss_all"])
         self.metrics.append(record)
         log.info("step %d: train %.4f, val %.4f, lr %.2e, %.0f tok/s%s", self.step, losses["train"],
                  losses["val"], record["lr"], rate, f", MFU {mfu:.1%}" if mfu else "")
         if text := self.sample():
             log.info("sample: %s", text.replace("\n", " "))
+        extra = {"val_loss_all": record["val_loss_all"]} if final else {}
         if losses["val"] < self.best_val:
             self.best_val = losses["val"]
-            self.save("best", losses["val"])
-        self.save("last", losses["val"])
+            self.save("best", losses["val"], **extra)
+        self.save("last", losses["val"], **extra)
         return record
 
     def _request_stop(self, signum, frame) -> None:
@@ -194,26 +221,65 @@ class Trainer:
     def _loop(self) -> dict | None:
         c, record = self.config, None
         self.model.train()
-        bar = tqdm(total=c.max_iters, initial=self.step, desc="train", unit="step", disable=not self.dist.is_main)
-        t0, tokens0 = time.perf_counter(), self.tokens_seen
-        while self.step < c.max_iters:
+        bar = tqdm(total=self.max_iters, initial=self.step, desc="train", unit="step", disable=not self.dist.is_main)
+        first, planned = self.step, False
+        t0, tokens0, steps0 = time.perf_counter(), self.tokens_seen, self.step
+        while self.step < self.max_iters:
             loss = self.train_step()
+            if loss is None:
+                break
             if not math.isfinite(loss):
                 raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopped. The last good checkpoint "
                                     f"({self.out_dir / 'last'}) is untouched. Lower --learning-rate, or use "
                                     "--dtype float32 / bfloat16 instead of float16.")
             self.step += 1
             self.tokens_seen += self.step_tokens
-            rate = (self.tokens_seen - tokens0) / (time.perf_counter() - t0)
+            if self.step == first + 1:  # time from here: the first step pays for warm-up allocations
+                t0, tokens0, steps0 = time.perf_counter(), self.tokens_seen, self.step
+            elapsed = time.perf_counter() - t0
+            rate = (self.tokens_seen - tokens0) / elapsed if elapsed > 0 else 0.0
+            if not planned and any_across(self.step - steps0 >= 2 and elapsed >= 5, self.dist, self.device):
+                planned = True  # (decided together: every rank plans at the same step)
+                self._plan(elapsed / (self.step - steps0), bar)
             if self.step % c.log_interval == 0:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
             bar.update(1)
-            stop = any_across(self.stop_requested, self.dist, self.device)
-            if self.dist.is_main and (self.step % c.eval_interval == 0 or self.step == c.max_iters or stop):
-                record = self.checkpoint_and_log(rate)
-                t0, tokens0 = time.perf_counter(), self.tokens_seen
-            if stop:
-                log.info("stopped at step %d; resume with --resume", self.step)
+            if any_across(self.stop_requested, self.dist, self.device):
                 break
+            final = self.step >= self.max_iters
+            if self.step % c.eval_interval == 0 or final:
+                started = time.perf_counter()
+                if self.dist.is_main:
+                    record = self.checkpoint_and_log(rate, final)
+                if self.budget and not final:
+                    self.budget.eval_seconds = time.perf_counter() - started
+                    self._plan((time.perf_counter() - t0 - self.budget.eval_seconds) / max(1, self.step - steps0), bar)
+                t0, tokens0, steps0 = time.perf_counter(), self.tokens_seen, self.step
+        if self.stop_requested:  # saved first; nothing optional on the way out
+            if self.dist.is_main:
+                self.save("last", None)
+            log.info("stopped at step %d and saved %s; continue with --resume", self.step, self.out_dir / "last")
         bar.close()
         return record
+
+    def _plan(self, step_seconds: float, bar: tqdm) -> None:
+        """Fit the step count to a time budget; without one, say how long a CPU run would take."""
+        c = self.config
+        if self.budget is None:
+            left = (self.max_iters - self.step) * step_seconds
+            if self.device.type == "cpu" and left > 3600:
+                log.warning("at %.1f s per step, %d steps take about %s on this CPU. For a readable story in an "
+                            "hour: python train.py --preset cpu --time-budget 60m", step_seconds,
+                            self.max_iters - self.step, format_duration(left))
+            return
+        if not self.budget.eval_seconds:  # before the first evaluation: forward-only is ~1/3 of a step
+            eval_tokens = 2 * c.eval_iters * c.batch_size * self.model_config.block_size
+            self.budget.eval_seconds = step_seconds * eval_tokens / (3 * self.step_tokens)
+        eval_tokens = 2 * c.eval_iters * c.batch_size * self.model_config.block_size
+        self.budget.final_seconds = self.budget.eval_seconds * (1 + len(self.val_data) / eval_tokens)
+        fit = self.budget.steps_that_fit(step_seconds, c.eval_interval)
+        self.max_iters = max(self.step + 1, from_main(self.step + fit, self.dist, self.device))
+        bar.total = self.max_iters
+        bar.refresh()
+        log.info("time budget: %.2f s per step, %d steps in all (%s left)", step_seconds, self.max_iters,
+                 format_duration(self.budget.left()))

@@ -1,0 +1,64 @@
+"""The model that ships with the repo (tinygpt/assets/story-model/), so a fresh clone or a Space plays at once.
+
+`python -m tinygpt.ship out/best --val data/tinystories/val.bin --recipe "..."` packs a trained checkpoint there:
+matrices in int8 with per-row scales (at most 10 MB in all, so a plain `git push` to a Space needs no Git LFS),
+then loads the packed copy back and scores it on every validation token, so the figure recorded in its
+config.json is the one of the model users get.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from tinygpt.checkpoint import CONFIG, WEIGHTS, find_loss_curve, load_checkpoint, write_checkpoint
+from tinygpt.dataloader import TokenDataset
+from tinygpt.evaluate import loss_over_all
+from tinygpt.fileio import atomic_dir
+
+log = logging.getLogger(__name__)
+SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "story-model"
+MAX_BYTES = 10_000_000
+
+
+def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = SHIPPED_MODEL) -> dict:
+    """Pack `checkpoint` into `out` and return its config.json (with `shipped_val_loss`)."""
+    model, info = load_checkpoint(checkpoint)
+    meta = {**info.get("metadata", {}), "recipe": recipe}
+    with atomic_dir(out) as tmp:  # a failure leaves the model shipped before in place
+        write_checkpoint(model, tmp, int8=True, **meta)
+        if curve := find_loss_curve(checkpoint):
+            shutil.copyfile(curve, tmp / "loss.png")
+        size = sum(f.stat().st_size for f in tmp.iterdir())
+        if size > MAX_BYTES:
+            raise ValueError(f"{checkpoint}: {size / 1e6:.1f} MB packed, over the {MAX_BYTES / 1e6:.0f} MB a Space "
+                             "takes without Git LFS; ship a smaller model")
+        packed, packed_info = load_checkpoint(tmp)
+        data = TokenDataset(val_bin, packed.config.block_size)
+        packed_info["metadata"]["shipped_val_loss"] = round(loss_over_all(packed, data), 4)
+        packed_info["metadata"]["shipped_val_tokens"] = len(data) - 1
+        packed_info["size_bytes"] = size
+        (tmp / CONFIG).write_text(json.dumps(packed_info, indent=2) + "\n", encoding="utf-8")
+    log.info("shipped %s: %.2f MB, val loss %.4f", out, size / 1e6, packed_info["metadata"]["shipped_val_loss"])
+    return packed_info
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tinygpt.ship", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="the trained checkpoint, e.g. out/best")
+    p.add_argument("--val", required=True, help="val.bin to score the packed model on")
+    p.add_argument("--recipe", required=True, help="how it was trained: the command, the machine, the time")
+    p.add_argument("--out", type=Path, default=SHIPPED_MODEL)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ship(args.checkpoint, args.val, args.recipe, args.out)
+    print(f"wrote {args.out} ({', '.join(sorted(f.name for f in args.out.iterdir()))}); weights: {WEIGHTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
