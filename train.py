@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    # Keeping freed buffers (glibc thresholds) makes small models train 1.4x faster on a CPU, but holds
+    # 1.5 GB more at the reference model's batch (3.8 GB peak instead of 2.3): only below that size.
+    if config.batch_size * model_config.block_size * model_config.n_embd * model_config.n_layer < 8_000_000:
+        use_large_malloc_threshold()  # re-execs once on Linux
     from tinygpt.trainer import Trainer, TrainingError  # torch import after --help
 
     trainer = None
@@ -62,5 +66,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    use_large_malloc_threshold()  # re-execs once on Linux: 1.6x faster CPU training
     sys.exit(main())
