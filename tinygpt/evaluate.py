@@ -33,15 +33,19 @@ def loss_over_all(model: torch.nn.Module, data: TokenDataset, batch_size: int = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.checkpoint import CheckpointError, load_checkpoint
+    from tinygpt.sources import DataError
 
     p = argparse.ArgumentParser(prog="python -m tinygpt.evaluate", description=__doc__)
     p.add_argument("checkpoint", help="checkpoint directory (or Hub repo id)")
     p.add_argument("tokens", help="a .bin token file from prepare_data.py, e.g. data/tinystories/val.bin")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
-    model, _ = load_checkpoint(args.checkpoint)
-    data = TokenDataset(args.tokens, model.config.block_size)
+    try:
+        model, _ = load_checkpoint(args.checkpoint)
+        data = TokenDataset(args.tokens, model.config.block_size)
+    except (CheckpointError, DataError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"{args.checkpoint}: loss {loss_over_all(model, data, args.batch_size):.4f} over {len(data) - 1:,} tokens")
     return 0
 

@@ -12,10 +12,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from tinygpt.checkpoint import CONFIG, WEIGHTS, find_loss_curve, load_checkpoint, write_checkpoint
+from tinygpt.checkpoint import CONFIG, CheckpointError, WEIGHTS, find_loss_curve, load_checkpoint, write_checkpoint
 from tinygpt.dataloader import TokenDataset
 from tinygpt.evaluate import loss_over_all
 from tinygpt.fileio import atomic_dir
+from tinygpt.sources import DataError
 
 log = logging.getLogger(__name__)
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "story-model"
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=SHIPPED_MODEL)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ship(args.checkpoint, args.val, args.recipe, args.out)
+    try:
+        ship(args.checkpoint, args.val, args.recipe, args.out)
+    except (CheckpointError, DataError, ValueError) as e:  # the shipped model stays as it was
+        p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"wrote {args.out} ({', '.join(sorted(f.name for f in args.out.iterdir()))}); weights: {WEIGHTS}")
     return 0
 

@@ -152,9 +152,7 @@ class Trainer:
 
     def evaluate_all_val(self) -> float:
         """Mean loss over every token of val.bin (each scored once): the figure to compare runs by."""
-        loss = loss_over_all(self.model, self.val_data, self.config.batch_size, self.dtype)
-        self.model.train()
-        return loss
+        return loss_over_all(self.model, self.val_data, self.config.batch_size, self.dtype)
 
     def sample(self) -> str:
         c = self.config
@@ -272,10 +270,9 @@ class Trainer:
                             "hour: python train.py --preset cpu --time-budget 60m", step_seconds,
                             self.max_iters - self.step, format_duration(left))
             return
-        if not self.budget.eval_seconds:  # before the first evaluation: forward-only is ~1/3 of a step
-            eval_tokens = 2 * c.eval_iters * c.batch_size * self.model_config.block_size
-            self.budget.eval_seconds = step_seconds * eval_tokens / (3 * self.step_tokens)
         eval_tokens = 2 * c.eval_iters * c.batch_size * self.model_config.block_size
+        if not self.budget.eval_seconds:  # before the first evaluation: forward-only is ~1/3 of a step
+            self.budget.eval_seconds = step_seconds * eval_tokens / (3 * self.step_tokens)
         self.budget.final_seconds = self.budget.eval_seconds * (1 + len(self.val_data) / eval_tokens)
         fit = self.budget.steps_that_fit(step_seconds, c.eval_interval)
         self.max_iters = max(self.step + 1, from_main(self.step + fit, self.dist, self.device))
