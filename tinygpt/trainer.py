@@ -258,6 +258,8 @@ class Trainer:
                 self.save("last", None)
             log.info("stopped at step %d and saved %s; continue with --resume", self.step, self.out_dir / "last")
         bar.close()
+        if self.dist.enabled:  # the other ranks wait while rank 0 evaluates and saves, then all shut down together
+            torch.distributed.barrier()
         return record
 
     def _plan(self, step_seconds: float, bar: tqdm) -> None:
