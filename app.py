@@ -1,45 +1,80 @@
-"""The TinyGPT story playground. `python app.py --help`; `gradio app.py` finds the module-level `demo`.
+"""The TinyGPT story playground. `python app.py --help`. (`gradio app.py` also works: it asks for `demo`.)
 
 Model: --checkpoint (a directory or a Hub repo USER/NAME), else $TINYGPT_CHECKPOINT, else out/best,
-else $TINYGPT_HUB_REPO. With none, the page explains how to get one.
+else $TINYGPT_HUB_REPO, else the small model that ships with the repo. With none, the page says how to get one.
 """
 import argparse
 import logging
 import os
+import sys
 
 from tinygpt.checkpoint import CheckpointError
 from tinygpt.playground import build_demo
-from tinygpt.serving import load_for_serving, resolve_source
+from tinygpt.quantize import PRECISIONS
+from tinygpt.serving import ServeConfig, load_for_serving, resolve_source
 
 log = logging.getLogger("app")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
     p = argparse.ArgumentParser(description="Serve the TinyGPT story playground.")
-    p.add_argument("--checkpoint", help="checkpoint directory or Hub repo id USER/NAME")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    p.add_argument("--checkpoint", default=env.get("TINYGPT_CHECKPOINT"),
+                   help="checkpoint directory or Hub repo id USER/NAME (default: $TINYGPT_CHECKPOINT, else out/best, "
+                        "else $TINYGPT_HUB_REPO, else the shipped model)")
+    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8", "int4"], default=os.environ.get("TINYGPT_PRECISION"),
-                   help="serving precision (default: $TINYGPT_PRECISION, else int8 on CPU, bf16 on CUDA)")
-    return p.parse_known_args()[0]  # known only: `gradio app.py` passes its own arguments
+    p.add_argument("--precision", choices=PRECISIONS, default=env.get("TINYGPT_PRECISION"),
+                   help="serving precision (default: $TINYGPT_PRECISION, else int4 on CPU, bf16 on CUDA)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   default=env.get("TINYGPT_COMPILE", "1") != "0",
+                   help="decode eagerly instead of torch.compile'ing the decode step (faster start-up, slower "
+                        "tokens; also $TINYGPT_COMPILE=0)")
+    p.add_argument("--concurrency", type=int, default=int(env.get("TINYGPT_CONCURRENCY", "4")),
+                   help="stories generated at once (default: $TINYGPT_CONCURRENCY, else 4)")
+    p.add_argument("--max-queue", type=int, default=int(env.get("TINYGPT_MAX_QUEUE", "64")),
+                   help="requests that may wait beyond those (default: $TINYGPT_MAX_QUEUE, else 64)")
+    return p.parse_known_args(argv)[0]  # known only: `gradio app.py` passes its own arguments
 
 
-def load_demo(args: argparse.Namespace):
-    source, loaded = resolve_source(args.checkpoint), None
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    return ServeConfig(checkpoint=args.checkpoint, hub_repo=os.environ.get("TINYGPT_HUB_REPO"),
+                       precision=args.precision, compile=args.compile, concurrency=args.concurrency,
+                       max_queue=args.max_queue)
+
+
+def load_demo(config: ServeConfig):
+    source, loaded = resolve_source(config), None
     if source:
         try:
-            loaded = load_for_serving(source, precision=args.precision)
+            loaded = load_for_serving(source, precision=config.precision, compile=config.compile)
         except CheckpointError as e:
             log.error("%s", e)  # the page then says how to get a working model
-    return build_demo(loaded)
+    return build_demo(loaded, concurrency=config.concurrency, max_queue=config.max_queue)
 
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-ARGS = parse_args()
-demo = load_demo(ARGS)
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+
+
+def __getattr__(name: str):
+    """`gradio app.py` imports this module and reads `demo`: build it then, not at every import."""
+    if name == "demo":
+        setup_logging()
+        return load_demo(serve_config(parse_args()))
+    raise AttributeError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    demo = load_demo(serve_config(args))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
 
 if __name__ == "__main__":
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share)
+    sys.exit(main())

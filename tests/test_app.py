@@ -15,7 +15,7 @@ import torch
 from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
 from tinygpt.playground import build_demo
-from tinygpt.sampling import Decoder
+from tinygpt.engine import Engine
 from tinygpt.serving import load_for_serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +39,14 @@ def checkpoint(tmp_path_factory):
 def server(checkpoint):
     """A launched app with one generation slot and a model slowed to ~50 ms/token, so a long job is long."""
     loaded = load_for_serving(str(checkpoint), torch.device("cpu"))
-    step = Decoder.step
+    step = Engine.step
 
-    def slow_step(self, token):
+    def slow_step(self, *args):
         time.sleep(0.05)
-        return step(self, token)
+        return step(self, *args)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Decoder, "step", slow_step)
+        mp.setattr(Engine, "step", slow_step)
         demo = build_demo(loaded, concurrency=1, max_queue=8)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -86,7 +86,7 @@ def test_same_seed_same_story(client):
 def test_bad_input_gets_a_message_not_a_traceback(client):
     with pytest.raises(Exception, match="less than minimum value 0.05"):  # Gradio checks slider bounds
         run(client, top_p=0.0)
-    with pytest.raises(Exception, match="greater than maximum value 512"):
+    with pytest.raises(Exception, match="greater than maximum value 1024"):
         run(client, max_new=100000)
     stories, last = run(client, prompt="", max_new=3)  # empty prompt: starts from <|endoftext|>
     assert "Empty prompt" in last[1]

@@ -37,8 +37,21 @@ def test_missing_files_are_named(ckpt):
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors: missing"):
         load_checkpoint(ckpt)
+    (ckpt / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json: missing"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint directory, and not a Hub repo id"):
         load_checkpoint(ckpt.parent / "nowhere")
+
+
+def test_a_repo_id_is_fetched_from_the_hub(monkeypatch, ckpt):
+    """load_checkpoint('user/name') downloads (here: a stand-in for the Hub download) as from_pretrained does."""
+    import tinygpt.hub
+
+    asked = []
+    monkeypatch.setattr(tinygpt.hub, "download_checkpoint", lambda repo: asked.append(repo) or ckpt)
+    model, info = load_checkpoint("someone/tiny-stories")
+    assert asked == ["someone/tiny-stories"] and info["directory"] == str(ckpt)
 
 
 def test_truncated_weights_are_refused(ckpt):

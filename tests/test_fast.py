@@ -1,10 +1,10 @@
-"""Reduced-precision serving, the lean decode step, and the transformers exporter."""
+"""Reduced-precision serving, the engine's decode step (eager and compiled), and the transformers exporter."""
 import pytest
 import torch
 
 from tests.conftest import TINY
 from tinygpt import generate
-from tinygpt.decode import DecodeStep
+from tinygpt.engine import Engine
 from tinygpt.export import export_transformers
 from tinygpt.quantize import PRECISIONS, for_serving
 
@@ -25,13 +25,14 @@ def trained_like(tiny_model):
 def test_decode_step_matches_full_forward(trained_like, precision):
     model = for_serving(trained_like, precision)
     x = torch.randint(0, 50257, (1, TINY.block_size))
-    with torch.inference_mode():
+    engine = Engine(model)
+    with torch.no_grad():
         full = model(x)[0][0].float()  # (T, vocab)
-        cache = model.new_cache(1)
-        model(x[:, :4], cache=cache, start_pos=0)
-        step = DecodeStep(model, cache)
+        cache, context = model.new_cache(1), x[0, :4].tolist()
+        engine.prefill(cache, context)
         for t in range(4, TINY.block_size):
-            logits = step(int(x[0, t]), t)
+            logits, lse = engine.step(cache, context, int(x[0, t]))
+            torch.testing.assert_close(lse, logits.logsumexp(-1))
             scale = full[t].abs().max()
             assert (logits - full[t]).abs().max() <= TOLERANCE[precision] * max(1.0, scale), (precision, t)
 
@@ -102,14 +103,28 @@ def test_exported_transformers_model_matches(trained_like, tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
-def test_scripted_and_python_decode_steps_agree(trained_like):
-    model = for_serving(trained_like, "int8")
-    x = torch.randint(0, 50257, (1, 12))
-    outs = []
-    for scripted in (True, False):
-        cache = model.new_cache(1)
-        with torch.no_grad():
-            model(x[:, :4], cache=cache, start_pos=0)
-        step = DecodeStep(model, cache, scripted=scripted)
-        outs.append(torch.stack([step(int(x[0, t]), t) for t in range(4, 12)]))
-    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_compiled_and_eager_engines_agree(trained_like, tokenizer, precision):
+    """torch.compile of the decode step must match the eager step (catches a graph that reads a stale cache
+    position or a wrong slot), teacher-forced through a context slide; fp32 samples the very same story.
+    Skipped where no compiler is available."""
+    from tinygpt.sampling import SamplingParams
+
+    model = for_serving(trained_like, precision)
+    eager, compiled = Engine(model), Engine(model, compile=True)
+    if not compiled.compiled:
+        pytest.skip("torch.compile is not available here")
+    ids = torch.randint(0, 50257, (2 * TINY.block_size,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.no_grad():
+        caches, contexts = [model.new_cache(1), model.new_cache(1)], [ids[:4], ids[:4]]
+        for engine, cache, context in zip((eager, compiled), caches, contexts):
+            engine.prefill(cache, context)
+        for token in ids[4:]:
+            (a, _), (b, _) = (e.step(c, ctx, token) for e, c, ctx in zip((eager, compiled), caches, contexts))
+            assert (a - b).abs().max() <= TOLERANCE[precision] * max(1.0, a.abs().max()), token
+    if precision == "fp32":
+        params = SamplingParams(temperature=1.0, top_k=20, seed=5, max_new_tokens=2 * TINY.block_size,
+                                stop_at_eot=False, alternatives=3)
+        x, y = list(eager.generate(ids[:4], params)), list(compiled.generate(ids[:4], params))
+        assert [t.id for t in x] == [t.id for t in y]

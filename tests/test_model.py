@@ -39,18 +39,34 @@ def test_causal_future_tokens_do_not_change_past_logits(tiny_model):
 
 
 def test_kv_cache_matches_full_forward(tiny_model):
+    """Catches a wrong position, mask or cache write in any of prefill, a chunk after a prefix, or one token."""
     x = torch.randint(0, 50257, (2, TINY.block_size))
     with torch.no_grad():
         full, _ = tiny_model(x)
         cache = tiny_model.new_cache(batch_size=2)
-        # a prefix, then a chunk after it (masked path), then one token at a time (decode path)
-        out = [tiny_model(x[:, :5], cache=cache, start_pos=0)[0], tiny_model(x[:, 5:11], cache=cache, start_pos=5)[0]]
+        out = [tiny_model(x[:, :5], cache=cache)[0], tiny_model(x[:, 5:11], cache=cache)[0]]
         for t in range(11, TINY.block_size):
-            out.append(tiny_model(x[:, t:t + 1], cache=cache, start_pos=t)[0])
+            out.append(tiny_model(x[:, t:t + 1], cache=cache)[0])
+    assert cache.pos.tolist() == [TINY.block_size] * 2  # the cache advanced itself
     assert torch.allclose(out[0][:, -1], full[:, 4], atol=1e-4)
     assert torch.allclose(out[1][:, -1], full[:, 10], atol=1e-4)
     for t, logits in zip(range(11, TINY.block_size), out[2:]):
         assert torch.allclose(logits[:, -1], full[:, t], atol=1e-4), t
+
+
+def test_streams_at_different_positions_share_a_batch(tiny_model):
+    """Each row of a cache keeps its own position: a batched step equals each stream's own step."""
+    a, b = torch.randint(0, 50257, (1, 9)), torch.randint(0, 50257, (1, 4))
+    with torch.no_grad():
+        full_a, full_b = tiny_model(a)[0][0, -1], tiny_model(b)[0][0, -1]
+        cache = tiny_model.new_cache(batch_size=2)
+        tiny_model(torch.cat([a[:, :3], b[:, :3]]), cache=cache)  # both rows at position 3
+        tiny_model(torch.cat([a[:, 3:8], a[:, 3:8]]), cache=cache)  # row 1 gets junk in slots 3..7 ...
+        cache.pos[1] = 3  # ... and goes on from its own position 3: the junk must be masked or overwritten
+        logits, _ = tiny_model(torch.cat([a[:, 8:9], b[:, 3:4]]), cache=cache)
+    assert cache.pos.tolist() == [9, 4]
+    torch.testing.assert_close(logits[0, -1], full_a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1, -1], full_b, atol=1e-4, rtol=1e-4)
 
 
 def test_too_long_input_is_refused(tiny_model):

@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import generate
-from tinygpt.sampling import sample_index, top_k_logits, top_p_probs
+from tinygpt.sampling import SamplingParams, choose_token, sample_index, top_p_probs
 
 
 def story(model, tok, **kw):
@@ -26,15 +26,31 @@ def test_seed_reproduces_a_sample(tiny_model, tokenizer):
     assert a == b and a != c
 
 
-def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model, tokenizer):
+def test_top_k_one_is_greedy(tiny_model, tokenizer):
     greedy = story(tiny_model, tokenizer, max_new_tokens=8, temperature=0, stop_at_eot=False)
     assert story(tiny_model, tokenizer, max_new_tokens=8, temperature=1.5, top_k=1, seed=1, stop_at_eot=False) == greedy
-    assert story(tiny_model, tokenizer, max_new_tokens=8, temperature=1.5, top_p=1e-6, seed=1, stop_at_eot=False) == greedy
 
 
-def test_top_k_and_top_p_filters():
-    values, ids = top_k_logits(torch.tensor([1.0, 3.0, 2.0, 0.0]), 2)
-    assert ids.tolist() == [1, 2] and values.tolist() == [3.0, 2.0]
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_choose_token_keeps_to_the_top_k_and_the_nucleus(top_k):
+    """Catches top-k/top-p applied to the wrong tokens (unsorted ids, the k or p ignored) in either path."""
+    logits, g = torch.tensor([1.0, 3.0, 2.0, 0.0, 2.9]), torch.Generator().manual_seed(0)
+    nucleus = SamplingParams(temperature=1.0, top_k=top_k, top_p=0.5)  # tokens 1 and 4 hold 0.55 of the mass
+    picked = {int(choose_token(logits, nucleus, g)[0]) for _ in range(300)}
+    assert picked == {1, 4}
+    picked = {int(choose_token(logits, SamplingParams(temperature=2.0, top_k=2, top_p=1.0), g)[0]) for _ in range(300)}
+    assert picked == {1, 4}
+
+
+def test_choose_token_reports_the_models_probabilities_and_alternatives():
+    logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
+    out = choose_token(logits, SamplingParams(temperature=0, alternatives=3)).tolist()
+    p = logits.softmax(-1)
+    assert out[:2] == pytest.approx([1, p[1].item()])
+    assert out[2:5] == [1, 2, 0] and out[5:] == pytest.approx(p[[1, 2, 0]].tolist())
+
+
+def test_top_p_filter():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     assert top_p_probs(probs, 0.8).tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
     assert top_p_probs(probs, 0.81).tolist() == pytest.approx([0.5, 0.3, 0.15, 0.0])
@@ -68,7 +84,22 @@ def test_stops_at_endoftext(tiny_model, tokenizer):
 
 @pytest.mark.parametrize("kw, name", [({"temperature": -1}, "temperature"), ({"top_k": -1}, "top_k"),
                                       ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-                                      ({"max_new_tokens": 0}, "max_new_tokens"), ({"seed": -3}, "seed")])
+                                      ({"max_new_tokens": 0}, "max_new_tokens"), ({"seed": -3}, "seed"),
+                                      ({"temperature": float("nan")}, "temperature"),
+                                      ({"temperature": float("inf")}, "temperature"),
+                                      ({"temperature": "hot"}, "temperature"), ({"top_k": 2.5}, "top_k"),
+                                      ({"top_k": True}, "top_k"), ({"max_new_tokens": None}, "max_new_tokens")])
 def test_out_of_range_arguments_raise(tiny_model, tokenizer, kw, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
         next(generate(tiny_model, tokenizer, "hi", **kw))
+
+
+def test_sampling_limits_are_what_validation_accepts():
+    """The sliders are built from limits(): each end must be accepted and just beyond it refused."""
+    for name, lim in SamplingParams.limits().items():
+        low, high = lim["range"]
+        SamplingParams(**{name: low}), SamplingParams(**{name: high})
+        assert lim["default"] == getattr(SamplingParams(), name)
+        for bad in (low - lim["step"], high + lim["step"]):
+            with pytest.raises(ValueError, match=name):
+                SamplingParams(**{name: bad})

@@ -55,19 +55,23 @@ def test_ship_refuses_an_oversized_model_and_keeps_the_old_one(token_data, tmp_p
 
 
 def test_the_app_falls_back_to_the_shipped_model_last(tmp_path, monkeypatch):
-    """Order: --checkpoint, TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the shipped model."""
+    """Order: --checkpoint, TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the shipped model (app.py
+    reads the flags and the environment; tinygpt.serving resolves)."""
+    import app
+
     monkeypatch.chdir(tmp_path)
     for var in ("TINYGPT_CHECKPOINT", "TINYGPT_HUB_REPO"):
         monkeypatch.delenv(var, raising=False)
+    source = lambda *argv: resolve_source(app.serve_config(app.parse_args(list(argv))))  # noqa: E731
     shipped = str(SHIPPED_MODEL) if (SHIPPED_MODEL / "config.json").exists() else None
-    assert resolve_source(None) == shipped
+    assert source() == shipped
     monkeypatch.setenv("TINYGPT_HUB_REPO", "user/model")
-    assert resolve_source(None) == "user/model"
+    assert source() == "user/model"
     save_checkpoint(GPT(TINY), tmp_path / "out" / "best")
-    assert resolve_source(None) == "out/best"
+    assert source() == "out/best"
     monkeypatch.setenv("TINYGPT_CHECKPOINT", "env/ckpt")
-    assert resolve_source(None) == "env/ckpt"
-    assert resolve_source("flag/ckpt") == "flag/ckpt"
+    assert source() == "env/ckpt"
+    assert source("--checkpoint", "flag/ckpt") == "flag/ckpt"
 
 
 VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "valid.txt"

@@ -3,7 +3,8 @@
 Public API (imported lazily, so `import tinygpt` and the torch-free data tools start fast):
     GPT, GPTConfig                 the model and its shape (tinygpt.model)
     Tokenizer                      offline GPT-2 BPE (tinygpt.tokenizer)
-    generate, GeneratedToken       streaming sampler (tinygpt.sampling)
+    generate, GeneratedToken       streaming text generation (tinygpt.story)
+    Engine, SamplingParams         the token-level engine and its settings (tinygpt.engine, tinygpt.sampling)
     save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.checkpoint)
     pick_device, pick_dtype        device and dtype choice (tinygpt.device)
 """
@@ -12,8 +13,9 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "GPT": "model", "GPTConfig": "model", "Tokenizer": "tokenizer", "generate": "sampling",
-    "GeneratedToken": "sampling", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "GPT": "model", "GPTConfig": "model", "Tokenizer": "tokenizer", "generate": "story",
+    "GeneratedToken": "story", "Engine": "engine", "SamplingParams": "sampling",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "CheckpointError": "checkpoint", "pick_device": "device", "pick_dtype": "device",
 }
 __all__ = list(_EXPORTS)

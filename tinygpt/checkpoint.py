@@ -118,9 +118,17 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[GPT, dict]:
     """Build the model a checkpoint describes and load its weights; return (model in eval mode, info).
 
-    `info` is config.json's content: 'model', 'metadata', 'tokenizer', 'num_params'.
+    `directory`: a checkpoint directory, or a Hugging Face Hub repo id (USER/NAME) that is not a local path,
+    downloaded (and cached) first, as `from_pretrained` does. `info` is config.json's content: 'model',
+    'metadata', 'tokenizer', 'num_params', and 'directory' (where the files are).
     """
     directory = Path(directory)
+    if not directory.exists():
+        from tinygpt.hub import download_checkpoint, is_repo_id  # huggingface_hub only when needed
+
+        if not is_repo_id(str(directory)):
+            raise CheckpointError(f"{directory}: no such checkpoint directory, and not a Hub repo id (USER/NAME)")
+        directory = download_checkpoint(str(directory))
     info = read_config(directory)
     config = info.pop("model_config")
     path = directory / WEIGHTS
@@ -133,7 +141,7 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
     model = GPT(config)
     _check_fits(model, state, path)
     model.load_state_dict(state, strict=False)  # strict=False only for the tied head, checked above
-    return model.to(device).eval(), info
+    return model.to(device).eval(), {**info, "directory": str(directory)}
 
 
 def _check_fits(model: GPT, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A static (preallocated) key/value cache for incremental decoding, one per attention layer."""
+"""A static (preallocated) key/value cache for incremental decoding: every layer's keys and values for a batch
+of streams, and each stream's position, which the cache advances itself."""
 from __future__ import annotations
 
 import torch
@@ -8,19 +9,53 @@ from torch import nn
 class KVCache(nn.Module):
     """Keys and values of the tokens seen so far, written in place into fixed-size buffers.
 
-    Preallocating `max_len` slots means decoding never re-allocates or concatenates per token.
+    Preallocating `max_len` slots means decoding never re-allocates or concatenates per token, and attention
+    always runs over all `max_len` slots with a mask: every step has the same shapes, so a compiled step
+    (torch.compile, CUDA graphs) is built once. `pos` holds each stream's next position as a tensor, so
+    streams at different positions share a batch, and the step never reads it back to the host.
     """
 
-    def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int,
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         shape = (batch_size, n_head, max_len, head_dim)
+        self.layers = nn.ModuleList(_LayerKV(shape, device, dtype) for _ in range(n_layer))
+        self.register_buffer("pos", torch.zeros(batch_size, device=device, dtype=torch.long), persistent=False)
+        self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
+        self.register_buffer("rows", torch.arange(batch_size, device=device)[:, None], persistent=False)
+
+    @property
+    def max_len(self) -> int:
+        return self.slots.numel()
+
+    def positions(self, T: int) -> torch.Tensor:
+        """(B, T) positions of the next T tokens of each stream."""
+        return self.pos[:, None] + self.slots[:T]
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, max_len) True where a query at `positions` may attend: slots at or before its own."""
+        return (self.slots <= positions[:, :, None])[:, None]
+
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at `positions` (B, T); return the layer's keys and values (B, nh, max_len, hs)."""
+        kv = self.layers[layer]
+        kv.k[self.rows, :, positions] = k.transpose(1, 2)  # indexed as (B, T, nh, hs)
+        kv.v[self.rows, :, positions] = v.transpose(1, 2)
+        return kv.k, kv.v
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+    def reset(self, pos: int = 0) -> None:
+        """Forget what is cached: the next token is written at `pos` (earlier slots are kept as they are)."""
+        self.pos.fill_(pos)
+
+
+class _LayerKV(nn.Module):
+    """One layer's buffers (separate tensors, so writing one layer's slots never touches another's)."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> None:
+        super().__init__()
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values up to there."""
-        end = pos + k.size(2)
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]

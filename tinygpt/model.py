@@ -1,8 +1,9 @@
 """The GPT model: a decoder-only, pre-LayerNorm transformer in the style of GPT-2, read top to bottom.
 
-`GPT.forward(idx, targets=None) -> (logits, loss)` trains; `GPT.forward(idx, cache=c, start_pos=p)` with a
-cache from `GPT.new_cache()` decodes incrementally. The cache is passed in, not held by the model, so one
-model can serve many streams at once.
+`GPT.forward(idx, targets=None) -> (logits, loss)` trains; `GPT.forward(idx, cache=c)` with a cache from
+`GPT.new_cache()` decodes incrementally: a whole prompt at once (prefill) or one token per stream (a decode
+step), through the same modules. The cache is passed in, not held by the model, so one model can serve many
+streams at once; it tracks each stream's position itself.
 
 Token ids are always GPT-2's 50,257. A model may keep embedding/output rows for only the ids its training data
 uses (`kept_tokens`, set by `train.py --data-vocab`): TinyStories uses about 10k of them, and at small widths
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tinygpt.kv_cache import KVCache
 from tinygpt.loss import linear_cross_entropy
@@ -54,31 +56,29 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.layer = config.n_head, layer  # layer: which slice of a KVCache is ours
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        mask, causal = None, True
-        if cache is not None:  # incremental decoding: attend to the cached prefix as well
-            k, v = cache.update(start_pos, k, v)
-            if T == 1:
-                causal = False  # one new query sees every cached key
-            elif start_pos > 0:  # a chunk after a prefix: causal within the chunk, all of the prefix
-                causal = False
-                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(start_pos)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        if cache is not None:  # decoding: attend to every cached slot the mask allows, this chunk's included
+            k, v = cache.update(self.layer, positions, k, v)
+            with sdpa_kernel(SDPBackend.MATH):  # a few queries: plain matmuls (fused when compiled) beat flash
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            dropout = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -96,15 +96,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, start_pos)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, positions, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -124,7 +125,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.n_rows, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.n_rows, bias=False)
@@ -165,26 +166,31 @@ class GPT(nn.Module):
         shared = (self.row_of == self.config.kept_tokens).to(row_logits.dtype) * self.shared_row_cost()
         return row_logits.index_select(-1, self.row_of) - shared
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: list[KVCache] | None = None, start_pos: int = 0,
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
 
         With targets the loss is computed in chunks (tinygpt.loss) and the (B, T, vocab) logits are never
         built: they are most of training's memory. Targets of -1 are ignored. With a `cache` (from
-        `new_cache`), idx holds the tokens at positions start_pos.. and the cache supplies the earlier ones;
-        then only the last position's logits are computed, which skips most of the costly output head.
+        `new_cache`), idx holds each stream's next T tokens, the cache supplies the earlier ones and advances;
+        only the last position's logits are computed (B, 1, vocab), which skips most of the costly output
+        head. The caller keeps each stream within block_size (checking here would read the device).
         """
         B, T = idx.size()
-        if start_pos + T > self.config.block_size:
-            raise ValueError(f"{start_pos + T} positions exceed block_size {self.config.block_size}")
-        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(self.rows(idx)) + self.transformer.wpe(pos))  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, cache[i] if cache is not None else None, start_pos)
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"{T} positions exceed block_size {self.config.block_size}")
+            positions, mask = torch.arange(T, dtype=torch.long, device=idx.device), None
+        else:
+            positions = cache.positions(T)  # (B, T)
+            mask = cache.mask(positions)
+        x = self.transformer.drop(self.transformer.wte(self.rows(idx)) + self.transformer.wpe(positions))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, cache, positions, mask)
         x = self.transformer.ln_f(x)
         if cache is not None:
-            return self.vocab_logits(self.lm_head(x[:, [-1], :])), None  # (B, 1, vocab)
+            cache.advance(T)
+            return self.vocab_logits(self.lm_head(x[:, -1:, :])), None  # (B, 1, vocab)
         if targets is None:
             return self.vocab_logits(self.lm_head(x)), None  # (B, T, vocab)
         targets = targets.reshape(-1)
@@ -192,9 +198,7 @@ class GPT(nn.Module):
         extra = (rows == self.config.kept_tokens).sum() * self.shared_row_cost() if self.config.kept_tokens else None
         return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head, rows, extra)
 
-    def new_cache(self, batch_size: int = 1) -> list[KVCache]:
-        """A preallocated KV cache per layer, on the model's device and dtype, for one decoding stream."""
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """A preallocated KV cache for `batch_size` streams, on the model's device and in its dtype."""
         c, p = self.config, self.transformer.wpe.weight
-        return nn.ModuleList(
-            KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
-            for _ in range(c.n_layer))
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, p.device, p.dtype)

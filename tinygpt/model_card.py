@@ -69,11 +69,12 @@ NO_TRANSFORMERS = ("This model gives its own rows to only the {kept:,} token ids
 
 
 def sample_story(model, seed: int = 0) -> str:
-    from tinygpt.sampling import generate
+    from tinygpt.sampling import SamplingParams
+    from tinygpt.story import generate
     from tinygpt.tokenizer import Tokenizer
 
     prompt = "Once upon a time"
-    tokens = generate(model, Tokenizer(), prompt, max_new_tokens=80, temperature=0.8, top_k=50, seed=seed)
+    tokens = generate(model, Tokenizer(), prompt, SamplingParams(max_new_tokens=80, seed=seed))
     return (prompt + "".join(t.text for t in tokens)).replace("\n", " ").strip()
 
 

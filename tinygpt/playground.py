@@ -3,14 +3,14 @@ and "what the model was thinking": each token shaded by its probability, its alt
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Iterator
 
 import gradio as gr
 
+from tinygpt.sampling import SamplingParams
 from tinygpt.serving import HOW_TO_GET_A_MODEL, LoadedModel
-from tinygpt.story import StoryUpdate, stream_story
+from tinygpt.story import StorySnapshot, stream_story
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,20 @@ def model_card(loaded: LoadedModel | None) -> str:
     return table + "\n\n" + TRAIN_YOUR_OWN
 
 
-def stats_line(update: StoryUpdate) -> str:
+def stats_line(update: StorySnapshot) -> str:
     line = f"**{update.n_tokens}** tokens · **{update.tokens_per_sec:.1f}** tokens/s · seed {update.seed}"
     return "  \n".join([line, *(f"ℹ️ {n}" for n in update.notices)])
+
+
+def request_params(temperature: float, top_k: int, top_p: float, max_new_tokens: int,
+                   seed: float | None) -> SamplingParams:
+    """The page's (or the API's) values as SamplingParams; ValueError with the reason when one is not valid."""
+    if seed is None or seed == -1:
+        seed = None  # random, and the one drawn is shown
+    elif not isinstance(seed, (int, float)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be -1 (random) or an integer >= 0, got {seed!r}")
+    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                          seed=seed)
 
 
 def make_generate(loaded: LoadedModel | None):
@@ -57,18 +68,18 @@ def make_generate(loaded: LoadedModel | None):
         if loaded is None:
             raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
         try:
-            stream = stream_story(loaded, prompt, temperature, top_k, top_p, max_new_tokens,
-                                  None if seed is None else int(seed))
-            now = last = 0.0
-            for update in stream:  # at most ~30 page updates a second: looks live, leaves the CPU to the model
-                now = time.perf_counter()
-                if now - last >= UPDATE_INTERVAL_S:
-                    last = now
-                    yield update.text, stats_line(update), update.pieces, update.alternatives
-            if now != last:  # the final state, if it was held back
-                yield update.text, stats_line(update), update.pieces, update.alternatives
-        except (ValueError, TypeError) as e:  # out-of-range settings sent through the API
+            params = request_params(temperature, top_k, top_p, max_new_tokens, seed)
+        except ValueError as e:  # out-of-range settings sent through the API
             raise gr.Error(str(e), print_exception=False) from None
+        now = last = 0.0
+        snap = None
+        for snap in stream_story(loaded.engine, loaded.tokenizer, prompt, params):
+            now = time.perf_counter()  # at most ~30 page updates a second: looks live, leaves the CPU to the model
+            if now - last >= UPDATE_INTERVAL_S:
+                last = now
+                yield snap.text, stats_line(snap), list(snap.pieces), snap.alternatives
+        if snap is not None and now != last:  # the final state, if it was held back
+            yield snap.text, stats_line(snap), list(snap.pieces), snap.alternatives
 
     return generate_story
 
@@ -81,13 +92,20 @@ def show_alternatives(alternatives: list, evt: gr.SelectData) -> dict:
     return {repr(text): prob for text, prob in alternatives[i]}
 
 
+def slider(name: str, **kwargs) -> gr.Slider:
+    """A slider whose range, step and default are SamplingParams' own (so the page and the API agree)."""
+    lim = SamplingParams.limits()[name]
+    label = f"{lim['label']} ({lim['info']})" if lim["info"] else lim["label"]
+    return gr.Slider(*lim["range"], value=lim["default"], step=lim["step"], label=label, **kwargs)
+
+
 def controls() -> list:
     prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
     with gr.Accordion("Sampling settings", open=True):
-        temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
-        top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
-        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p (1 = off)")
-        max_new = gr.Slider(1, 512, value=200, step=1, label="Max new tokens", elem_id="max-new")
+        temperature = slider("temperature", elem_id="temperature")
+        top_k = slider("top_k")
+        top_p = slider("top_p")
+        max_new = slider("max_new_tokens", elem_id="max-new")
         seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)")
     return [prompt, temperature, top_k, top_p, max_new, seed]
 
@@ -110,9 +128,9 @@ def output_column(loaded: LoadedModel | None) -> tuple:
     return story, stats, thinking, alternatives
 
 
-def build_demo(loaded: LoadedModel | None, concurrency: int | None = None, max_queue: int | None = None) -> gr.Blocks:
-    """The whole page; `loaded` None shows how to get a model instead of failing."""
-    concurrency = concurrency or int(os.environ.get("TINYGPT_CONCURRENCY", "4"))
+def build_demo(loaded: LoadedModel | None, concurrency: int = 4, max_queue: int = 64) -> gr.Blocks:
+    """The whole page; `loaded` None shows how to get a model instead of failing. `concurrency` stories are
+    generated at once; `max_queue` more requests wait."""
     with gr.Blocks(title="TinyGPT story playground") as demo:
         gr.Markdown(INTRO)
         if loaded is None:
@@ -138,6 +156,5 @@ def build_demo(loaded: LoadedModel | None, concurrency: int | None = None, max_q
         clear.click(lambda: ("", "", "", [], [], None), outputs=[inputs[0], story, stats, thinking, alts, alternatives],
                     api_visibility="private")
         thinking.select(show_alternatives, inputs=[alts], outputs=[alternatives], api_visibility="private")
-    demo.queue(max_size=max_queue or int(os.environ.get("TINYGPT_MAX_QUEUE", "64")),
-               default_concurrency_limit=concurrency)
+    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
     return demo

@@ -1,17 +1,16 @@
 """Reduced-precision copies of a model for serving: bf16, int8, or int8 with an int4 output head.
 
-int8: each Linear in the blocks keeps int8 weights with one bf16 scale per output channel and computes in
-bf16 (`torch._weight_int8pack_mm`); the output head, untied from the embedding as its own copy, uses
-PyTorch's dynamic int8 kernel (fbgemm), the fastest int8 kernel for its 50k x 384 shape here.
+int8: each Linear keeps int8 weights with one bf16 scale per output channel and computes in bf16
+(`torch._weight_int8pack_mm`); the output head becomes its own copy, untied from the embedding.
 int4: the same blocks, and the head in 4 bits with a scale and zero point per group of 32 weights
-(`torch._weight_int4pack_mm_for_cpu`). Decoding one token reads every weight once, so it is bound by
+(`torch._weight_int4pack_mm_for_cpu`). Both are plain modules with a plain `forward`, which the rest of the
+code calls like any nn.Linear (and torch.compile traces like one); only this module knows their layout. Decoding one token reads every weight once, so it is bound by
 memory traffic, and the head is most of it: 77 MB in fp32, 19.3 MB in int8, 12 MB in int4 with its scales.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import warnings
 
 import torch
 from torch import nn
@@ -40,24 +39,6 @@ class Int8Linear(nn.Module):
         y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scales)
         y = y.view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
-
-
-class Int8Head(nn.Module):
-    """The output head as fbgemm dynamic int8 (fp32 in, fp32 logits out)."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        linear = nn.Linear(weight.size(1), weight.size(0), bias=False)
-        linear.weight = nn.Parameter(weight.detach().float().clone())
-        with warnings.catch_warnings():  # torch.ao's quantized-tensor deprecation notice; the kernel stays
-            warnings.simplefilter("ignore", UserWarning)
-            quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear},
-                                                               dtype=torch.qint8)
-        self._packed_params = quantized[0]._packed_params
-        self.out_features, self.in_features = weight.shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self._packed_params._packed_params, True)
 
 
 class Int4Head(nn.Module):
@@ -111,7 +92,7 @@ def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
         int4 = precision == "int4" and int4_available(gpt.config.n_embd)
         # the head as its own copy: the embedding table stays as it was
-        head = Int4Head(gpt.lm_head.weight) if int4 else Int8Head(gpt.lm_head.weight)
+        head = Int4Head(gpt.lm_head.weight) if int4 else Int8Linear(gpt.lm_head)
         gpt = gpt.to(torch.bfloat16)
         for block in gpt.transformer.h:
             for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),

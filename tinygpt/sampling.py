@@ -1,50 +1,63 @@
-"""Sampling: small named functions to shape a next-token distribution, and the streaming generator."""
+"""Sampling settings (`SamplingParams`, whose ranges and defaults the UI, the API and training samples all read)
+and small named functions that turn next-token logits into a token, on the device, without reading it back."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator
+import math
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from tinygpt.decode import DecodeStep
-from tinygpt.model import GPT
-from tinygpt.tokenizer import Tokenizer
 
-MAX_TEMPERATURE = 5.0
-MAX_NEW_TOKENS = 4096
+def _limit(low: float, high: float, step: float, label: str, info: str) -> dict:
+    return {"range": (low, high), "step": step, "label": label, "info": info}
 
 
 @dataclass(frozen=True)
-class GeneratedToken:
-    """One sampled token: its id, the text it completes, the model's probability for it (at temperature 1,
-    before top-k/top-p) and the most likely alternatives at that position as (id, text, prob)."""
+class SamplingParams:
+    """How to pick each next token. Raises ValueError naming the first setting that is out of its range.
 
-    id: int
-    text: str
-    prob: float
-    alternatives: tuple[tuple[int, str, float], ...] = field(default=())
+    Each field's metadata (`limits()`) gives its range, step and label: the playground's sliders and its API
+    validation are built from them, so the page and the API accept the same values.
+    """
+
+    temperature: float = field(default=0.8, metadata=_limit(0.0, 2.0, 0.05, "Temperature", "0 = greedy"))
+    top_k: int = field(default=50, metadata=_limit(0, 200, 1, "Top-k", "0 = off"))
+    top_p: float = field(default=0.95, metadata=_limit(0.05, 1.0, 0.01, "Top-p", "1 = off"))
+    max_new_tokens: int = field(default=200, metadata=_limit(1, 1024, 1, "Max new tokens", ""))
+    seed: int | None = None  # None: a fresh random stream; else the same story for the same settings
+    stop_at_eot: bool = True  # end at <|endoftext|>
+    alternatives: int = 0  # report the top-N alternatives (and their probabilities) at each position
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if "range" in f.metadata:
+                integer = f.type == "int"
+                value = getattr(self, f.name)
+                _check_number(f.name, value, *f.metadata["range"], integer=integer)
+                object.__setattr__(self, f.name, int(value) if integer else float(value))  # 3.0 -> 3 from JSON
+        if self.seed is not None:
+            _check_number("seed", self.seed, 0, 2**63 - 1, integer=True)
+            object.__setattr__(self, "seed", int(self.seed))
+        if not isinstance(self.alternatives, int) or not 0 <= self.alternatives <= 20:
+            raise ValueError(f"alternatives must be an integer in [0, 20], got {self.alternatives!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @staticmethod
+    def limits() -> dict[str, dict]:
+        """{setting: {"range": (low, high), "step", "label", "info"}} for the settings a user chooses."""
+        return {f.name: dict(f.metadata, default=f.default) for f in fields(SamplingParams) if "range" in f.metadata}
 
 
-def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int,
-                        seed: int | None, vocab_size: int = 50257) -> None:
-    """Raise ValueError naming the first argument that is out of its range."""
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
-    if not 0 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be in [0, {vocab_size}] (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
-    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise ValueError(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}], got {max_new_tokens}")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63) or None, got {seed}")
-
-
-def top_k_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The k largest logits, sorted, and their token ids (k = 0 or >= vocab: all, ids None)."""
-    if k <= 0 or k >= logits.size(-1):
-        return logits, None
-    return torch.topk(logits, k)
+def _check_number(name: str, value: object, low: float, high: float, integer: bool) -> None:
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer and isinstance(value, float):
+        ok = value.is_integer()
+    if not ok or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
 
 
 def top_p_probs(sorted_probs: torch.Tensor, p: float) -> torch.Tensor:
@@ -55,87 +68,46 @@ def top_p_probs(sorted_probs: torch.Tensor, p: float) -> torch.Tensor:
     return sorted_probs.masked_fill(before >= p, 0.0)
 
 
-def sample_index(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
-    """Draw an index with probability proportional to `probs` by inverting the CDF: one uniform number,
-    a cumsum and a binary search; 20x faster than torch.multinomial over a 50k vocabulary."""
+def sample_index(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An index drawn with probability proportional to `probs`, by inverting the CDF: one uniform number, a
+    cumsum and a binary search (20x faster than torch.multinomial over a 50k vocabulary). A 0-d tensor."""
     cdf = probs.cumsum(-1)
     u = torch.rand((), generator=generator, device=probs.device) * cdf[-1]
-    return min(int(torch.searchsorted(cdf, u, right=True)), probs.size(-1) - 1)
+    return torch.searchsorted(cdf, u[None], right=True)[0].clamp(max=probs.size(-1) - 1)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None = None) -> int:
-    """One token id from the last-position logits (vocab,); temperature 0 is greedy."""
-    if temperature == 0.0:
-        return int(logits.argmax())
-    values, ids = top_k_logits(logits, top_k)
+def sample_from(values: torch.Tensor, ids: torch.Tensor | None, temperature: float, top_p: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A token id (0-d tensor) drawn from candidate logits `values` (descending when `ids` is given; ids None:
+    values are the whole vocabulary) at `temperature`, restricted to the top-p nucleus."""
     probs = (values / temperature).softmax(-1)
     if top_p < 1.0:
         if ids is None:  # top-p needs the tokens in order; top-k already sorted them
             probs, ids = torch.sort(probs, descending=True)
         probs = top_p_probs(probs, top_p)
     j = sample_index(probs, generator)
-    return j if ids is None else int(ids[j])
+    return j if ids is None else ids[j]
 
 
-class Decoder:
-    """A stream's KV cache and position; slides the context when it reaches `block_size`."""
-
-    def __init__(self, model: GPT) -> None:
-        self.model, self.block_size = model, model.config.block_size
-        self.cache = model.new_cache(1)
-        self.fast_step = DecodeStep(model, self.cache)
-        self.context: list[int] = []
-        # Positions are absolute, so sliding means re-encoding the kept tokens. Keeping 3/4 of the
-        # block re-encodes once every block_size/4 tokens: a bounded, amortised cost per token.
-        self.keep = max(1, self.block_size - max(1, self.block_size // 4))
-
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        self.context = list(ids[-self.block_size:])
-        return self._run(self.context, 0)
-
-    def step(self, token: int) -> torch.Tensor:
-        self.context.append(token)
-        if len(self.context) > self.block_size:
-            return self.prefill(self.context[-self.keep:])
-        return self.fast_step(token, len(self.context) - 1)
-
-    @torch.no_grad()  # as DecodeStep: keeps the cache free of inference tensors, so both can be compiled
-    def _run(self, ids: list[int], start_pos: int) -> torch.Tensor:
-        idx = torch.tensor([ids], dtype=torch.long, device=self.cache[0].k.device)
-        logits, _ = self.model(idx, cache=self.cache, start_pos=start_pos)
-        return logits[0, -1].float()  # (vocab,)
-
-
-def generate(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], *, max_new_tokens: int = 200,
-             temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             stop_at_eot: bool = True, alternatives: int = 0) -> Iterator[GeneratedToken]:
-    """Yield each new token as it is sampled. An empty prompt starts from `<|endoftext|>`; a prompt
-    longer than the context keeps its last `block_size` tokens. Stops after `<|endoftext|>`."""
-    check_sampling_args(temperature, top_k, top_p, max_new_tokens, seed, model.config.vocab_size)
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=model.transformer.wpe.weight.device).manual_seed(seed)
-    decoder, text = Decoder(model), tokenizer.stream_decoder()
-    logits = decoder.prefill(ids or [tokenizer.eot_id])
-    for i in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        is_eot = token == tokenizer.eot_id
-        piece = text.flush() if is_eot else text.push(token)
-        if i == max_new_tokens - 1:
-            piece += text.flush()
-        yield _describe(token, piece, logits, alternatives, tokenizer)
-        if is_eot and stop_at_eot or i == max_new_tokens - 1:
-            return
-        logits = decoder.step(token)
-
-
-def _describe(token: int, piece: str, logits: torch.Tensor, k: int, tokenizer: Tokenizer) -> GeneratedToken:
-    lse = logits.logsumexp(-1)  # probabilities at temperature 1 without a full softmax
-    alts: tuple = ()
-    if k > 0:
-        top = torch.topk(logits, k)
-        alts = tuple((int(i), tokenizer.decode([int(i)]), float((v - lse).exp()))
-                     for v, i in zip(top.values, top.indices))
-    return GeneratedToken(token, piece, float((logits[token] - lse).exp()), alts)
+def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                 lse: torch.Tensor | None = None) -> torch.Tensor:
+    """The next token from last-position logits (vocab,) and what the page shows about it, as one float64
+    tensor [token, its probability, top-N ids..., their probabilities...] (N = params.alternatives), so the
+    caller reads the device once per token. Probabilities are the model's own (temperature 1, no top-k/p).
+    One torch.topk serves both top-k sampling and the alternatives: over 50k logits it costs ~90 us.
+    `lse`: logits.logsumexp(-1), when the caller has it (a compiled step computes it fused, 10x faster)."""
+    n_alt = params.alternatives
+    k = n_alt if params.greedy or params.top_k == 0 else max(params.top_k, n_alt)
+    top = torch.topk(logits, min(k, logits.size(-1))) if k else None
+    if params.greedy:
+        token = logits.argmax()
+    elif params.top_k:
+        token = sample_from(top.values[:params.top_k], top.indices[:params.top_k], params.temperature,
+                            params.top_p, generator)
+    else:
+        token = sample_from(logits, None, params.temperature, params.top_p, generator)
+    lse = logits.logsumexp(-1) if lse is None else lse
+    parts = [token.double()[None], (logits[token] - lse).exp().double()[None]]
+    if n_alt:
+        parts += [top.indices[:n_alt].double(), (top.values[:n_alt] - lse).exp().double()]
+    return torch.cat(parts)

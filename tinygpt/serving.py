@@ -1,17 +1,17 @@
-"""Which model the playground serves, and loading it: --checkpoint (a directory or a Hub repo id),
-TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the model that ships with the repo, in that order."""
+"""Which model the playground serves, and loading it for inference: the first of the operator's --checkpoint
+(a directory or a Hub repo id), TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the model that ships
+with the repo. The entry point reads flags and the environment into `ServeConfig`; nothing here reads them."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tinygpt.checkpoint import CheckpointError, find_loss_curve, load_checkpoint
+from tinygpt.checkpoint import find_loss_curve, load_checkpoint
 from tinygpt.device import pick_device
-from tinygpt.hub import download_checkpoint, is_repo_id
+from tinygpt.engine import Engine
 from tinygpt.model import GPT
 from tinygpt.quantize import default_precision, for_serving
 from tinygpt.ship import SHIPPED_MODEL
@@ -31,15 +31,31 @@ HOW_TO_GET_A_MODEL = """\
 """
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the operator chose at start-up (app.py fills it from flags and the environment)."""
+
+    checkpoint: str | None = None  # --checkpoint / TINYGPT_CHECKPOINT: a directory or a Hub repo id
+    hub_repo: str | None = None  # TINYGPT_HUB_REPO: tried after out/best
+    precision: str | None = None  # None: the device's fastest (tinygpt.quantize.default_precision)
+    compile: bool = True  # torch.compile the decode step (falls back to eager if compiling fails)
+    concurrency: int = 4  # stories generated at once
+    max_queue: int = 64  # requests waiting beyond those
+
+
 @dataclass
 class LoadedModel:
-    model: GPT
+    engine: Engine
     info: dict  # config.json of the checkpoint
     tokenizer: Tokenizer
     source: str  # where it came from, for the page
     directory: Path
     precision: str = "fp32"
     num_params: int = 0
+
+    @property
+    def model(self) -> GPT:
+        return self.engine.model
 
     @property
     def loss_png(self) -> Path | None:
@@ -51,30 +67,25 @@ class LoadedModel:
         return self.directory.resolve() == SHIPPED_MODEL
 
 
-def resolve_source(checkpoint: str | None = None) -> str | None:
+def resolve_source(config: ServeConfig, default_dir: str | Path = DEFAULT_CHECKPOINT) -> str | None:
     """The checkpoint to serve (a path or a repo id), or None when there is none to be had."""
-    for candidate in (checkpoint, os.environ.get("TINYGPT_CHECKPOINT")):
-        if candidate:
-            return candidate
-    if (Path(DEFAULT_CHECKPOINT) / "config.json").is_file():
-        return DEFAULT_CHECKPOINT
-    if hub := os.environ.get("TINYGPT_HUB_REPO"):
-        return hub
+    if config.checkpoint:
+        return config.checkpoint
+    if (Path(default_dir) / "config.json").is_file():
+        return str(default_dir)
+    if config.hub_repo:
+        return config.hub_repo
     return str(SHIPPED_MODEL) if (SHIPPED_MODEL / "config.json").is_file() else None
 
 
-def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None) -> LoadedModel:
+def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None,
+                     compile: bool = False) -> LoadedModel:
     """Load a local checkpoint directory or a Hub repo id for inference on `device`, converted to
-    `precision` (default: $TINYGPT_PRECISION, else the device's fastest, int8 on CPUs)."""
-    if Path(source).exists():
-        directory = Path(source)
-    elif is_repo_id(source):
-        directory = download_checkpoint(source)
-    else:
-        raise CheckpointError(f"{source}: no such checkpoint directory, and not a Hub repo id (USER/NAME)")
+    `precision` (default: the device's fastest), with the decode step compiled if `compile`."""
     device = device or pick_device()
-    model, info = load_checkpoint(directory, device)
-    precision = precision or os.environ.get("TINYGPT_PRECISION") or default_precision(device)
+    model, info = load_checkpoint(source, device)
+    precision = precision or default_precision(device)
     served = for_serving(model, precision)
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
-    return LoadedModel(served, info, Tokenizer(), source, directory, precision, model.num_params())
+    engine = Engine(served, compile=compile)
+    return LoadedModel(engine, info, Tokenizer(), source, Path(info["directory"]), precision, model.num_params())

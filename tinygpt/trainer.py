@@ -28,8 +28,9 @@ from tinygpt.evaluate import loss_over_all
 from tinygpt.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.optim import make_optimizer
-from tinygpt.sampling import generate
+from tinygpt.sampling import SamplingParams
 from tinygpt.schedule import lr_at
+from tinygpt.story import generate
 from tinygpt.tokenizer import Tokenizer
 from tinygpt.train_config import TrainConfig
 from tinygpt.train_state import load_training_state, save_training_checkpoint
@@ -158,8 +159,8 @@ class Trainer:
         c = self.config
         if c.sample_tokens <= 0:
             return ""
-        tokens = generate(self.model.eval(), Tokenizer(), c.sample_prompt, max_new_tokens=c.sample_tokens,
-                          temperature=0.8, top_k=50, seed=c.seed)
+        params = SamplingParams(max_new_tokens=c.sample_tokens, seed=c.seed)  # the playground's defaults
+        tokens = generate(self.model.eval(), Tokenizer(), c.sample_prompt, params)
         text = c.sample_prompt + "".join(t.text for t in tokens)
         self.model.train()
         return text
