@@ -8,10 +8,10 @@ import logging
 import os
 import sys
 
-from tinygpt.checkpoint import CheckpointError
-from tinygpt.playground import build_demo
-from tinygpt.quantize import PRECISIONS
-from tinygpt.serving import ServeConfig, load_for_serving, resolve_source
+from tinygpt.sharing.checkpoint import CheckpointError
+from tinygpt.playground.ui import build_demo
+from tinygpt.inference.quantize import PRECISIONS
+from tinygpt.playground.serving import ServeConfig, load_for_serving, resolve_source
 
 log = logging.getLogger("app")
 
@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     p.add_argument("--precision", choices=PRECISIONS, default=env.get("TINYGPT_PRECISION"),
-                   help="serving precision (default: $TINYGPT_PRECISION, else int4 on CPU, bf16 on CUDA)")
+                   help="serving precision (default: $TINYGPT_PRECISION, else int4 on CPU, the GPU's native bf16/fp16 "
+                        "on CUDA); one the device cannot run falls back to the best it can")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    default=env.get("TINYGPT_COMPILE", "1") != "0",
                    help="decode eagerly instead of torch.compile'ing the decode step (faster start-up, slower "
@@ -36,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stories generated at once (default: $TINYGPT_CONCURRENCY, else 4)")
     p.add_argument("--max-queue", type=int, default=int(env.get("TINYGPT_MAX_QUEUE", "64")),
                    help="requests that may wait beyond those (default: $TINYGPT_MAX_QUEUE, else 64)")
-    return p.parse_known_args(argv)[0]  # known only: `gradio app.py` passes its own arguments
+    args = p.parse_known_args(argv)[0]  # known only: `gradio app.py` passes its own arguments
+    if args.precision is not None and args.precision not in PRECISIONS:  # from $TINYGPT_PRECISION
+        p.error(f"TINYGPT_PRECISION must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+    return args
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:

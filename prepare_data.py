@@ -4,8 +4,8 @@ import logging
 import sys
 
 from tinygpt.cli import add_dataclass_args, config_from_args
-from tinygpt.prepare import PrepareConfig, prepare
-from tinygpt.sources import DataError
+from tinygpt.data.prepare import PrepareConfig, prepare
+from tinygpt.data.sources import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,17 +6,18 @@
 """
 import argparse
 import logging
+import os
 import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tinygpt.checkpoint import CheckpointError
+from tinygpt.sharing.checkpoint import CheckpointError
 from tinygpt.cli import add_dataclass_args, config_from_args
 from tinygpt.device import set_malloc_thresholds
-from tinygpt.distributed import cleanup_distributed
-from tinygpt.model import GPTConfig
-from tinygpt.sources import DataError
-from tinygpt.train_config import PRESETS, TrainConfig
+from tinygpt.training.distributed import cleanup_distributed, launch_info
+from tinygpt.model.gpt import GPTConfig
+from tinygpt.data.sources import DataError
+from tinygpt.training.config import PRESETS, TrainConfig
 
 
 def parse(argv: list[str] | None) -> tuple[GPTConfig, TrainConfig]:
@@ -42,22 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     # Keeping freed buffers makes small models train 1.4x faster on a CPU, but held 1.5 GB more at the
     # reference model's batch (tinygpt.device.set_malloc_thresholds).
     set_malloc_thresholds(config.batch_size * model_config.block_size * model_config.n_embd * model_config.n_layer
-                          < 8_000_000)  # re-execs once on Linux
-    from tinygpt.trainer import Trainer, TrainingError  # torch import after --help
+                          < 8_000_000)
+    from tinygpt.training.trainer import Trainer, TrainingError  # torch import after --help
 
     trainer = None
     try:
         with logging_redirect_tqdm():
-            trainer = Trainer(model_config, config)
+            trainer = Trainer(model_config, config, launch_info(os.environ))
             trainer.run()
         if config.push_to_hub and trainer.dist.is_main:
-            from tinygpt.hub import push
+            from tinygpt.sharing.hub import push
             push(f"{config.out_dir}/best", config.push_to_hub)
     except (DataError, CheckpointError, ValueError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except TrainingError as e:
-        print(f"train.py: {e}", file=sys.stderr)
+    except (TrainingError, OSError) as e:  # OSError: a full disk or an unwritable --out-dir while saving
+        print(f"train.py: {type(e).__name__ if isinstance(e, OSError) else 'error'}: {e}", file=sys.stderr)
         return 1
     finally:
         if trainer is not None:

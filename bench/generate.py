@@ -1,12 +1,14 @@
 """Single-stream generation speed on the CPU, ours against transformers' GPT-2 on the same weights.
 
-    python bench/generate.py [--checkpoint out/best] [--val-bin data/tinystories/val.bin] [--compile]
+    python bench/generate.py [--checkpoint out/best] [--val-bin data/tinystories/val.bin]
 
 One set of weights (the checkpoint, else random reference-size weights); prompt of 8 tokens, 120 new
-tokens, top-k 50. Prints tokens/s for: no KV cache, our fp32 / bf16 / int8 (and torch.compile'd with
---compile), transformers `generate` fp32 and bf16 on the exported weights; then, for each reduced
+tokens, top-k 50, the playground's 5 alternatives per token. Tokens/s, best of --reps rounds, the modes
+interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / int4, eager and with the
+compiled decode step; transformers `generate` fp32 and bf16 on the exported weights. Then, for each reduced
 precision, teacher-forced top-1 agreement with fp32 over 20 stories and (with --val-bin) the change in
-validation loss. The last line is `ratio_vs_transformers_bf16: X` for the default CPU mode.
+validation loss. The last two lines: `default_tok_s: X` (what the playground serves by default on a CPU:
+int4, compiled) and `ratio_vs_transformers_bf16: Y`.
 """
 import argparse
 import sys
@@ -19,61 +21,43 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinygpt import GPT, GPTConfig, Tokenizer, generate, load_checkpoint  # noqa: E402
-from tinygpt.decode import DecodeStep  # noqa: E402
-from tinygpt.export import export_transformers  # noqa: E402
-from tinygpt.quantize import DEFAULT_CPU_PRECISION, for_serving  # noqa: E402
-from tinygpt.sampling import sample_next  # noqa: E402
+from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
+from tinygpt.inference.engine import Engine  # noqa: E402
+from tinygpt.sharing.export import export_transformers  # noqa: E402
+from tinygpt.inference.quantize import DEFAULT_CPU_PRECISION, for_serving  # noqa: E402
+from tinygpt.inference.sampling import SamplingParams, choose_token  # noqa: E402
 
 NEW, TOP_K = 120, 50
+PARAMS = SamplingParams(temperature=1.0, top_k=TOP_K, top_p=1.0, max_new_tokens=NEW, seed=0, stop_at_eot=False,
+                        alternatives=5)
 warnings.filterwarnings("ignore")
 
 
-def best_rate(fn, reps: int) -> float:
-    fn()  # warm-up
-    best = 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        n = fn()
-        best = max(best, n / (time.perf_counter() - t0))
-    return best
+def rate(fn) -> float:
+    t0 = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - t0)
 
 
-def ours(model, tok, prompt):
-    return lambda: sum(1 for _ in generate(model, tok, prompt, max_new_tokens=NEW, temperature=1.0,
-                                           top_k=TOP_K, seed=0, stop_at_eot=False))
+def ours(engine: Engine, prompt):
+    return lambda: sum(1 for _ in engine.generate(prompt, PARAMS))
 
 
 def no_cache(model, prompt):
-    @torch.inference_mode()
+    @torch.no_grad()
     def run():
         ids, g = list(prompt), torch.Generator().manual_seed(0)
         for _ in range(NEW):
             logits, _ = model(torch.tensor([ids[-model.config.block_size:]]))
-            ids.append(sample_next(logits[0, -1].float(), 1.0, TOP_K, 1.0, g))
+            ids.append(int(choose_token(logits[0, -1].float(), PARAMS, torch.rand((), generator=g))[0]))
         return NEW
     return run
 
 
-def compiled_rates(served: dict, tok, prompt, reps: int) -> dict:
-    """The per-token step under torch.compile, for each precision."""
-    out, plain = {}, DecodeStep.__call__
-    DecodeStep.__call__ = torch.compile(plain, dynamic=True)
-    try:
-        for name, m in served.items():
-            try:
-                out[f"ours {name} compiled"] = best_rate(ours(m, tok, prompt), reps)
-            except Exception as e:  # inductor needs a C++ compiler; report rather than stop
-                print(f"ours {name} compiled: failed ({type(e).__name__}: {str(e)[:200]})")
-    finally:
-        DecodeStep.__call__ = plain
-    return out
-
-
-def transformers_rate(folder, prompt, dtype, reps):
+def transformers_run(folder, prompt, dtype):
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype).eval()
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     ids = torch.tensor([prompt])
 
     @torch.inference_mode()
@@ -81,7 +65,7 @@ def transformers_rate(folder, prompt, dtype, reps):
         out = hf.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=True, top_k=TOP_K,
                           pad_token_id=50256)
         return out.size(1) - ids.size(1)
-    return best_rate(run, reps)
+    return run
 
 
 def stories(tok, val_bin, n=20, block=128):
@@ -92,7 +76,7 @@ def stories(tok, val_bin, n=20, block=128):
         return [data[a + 1:b][:block].astype(np.int64).tolist() for a, b in zip(ends, ends[1:])][:n]
     txt = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "valid.txt"
     if txt.exists():
-        from tinygpt.sources import read_txt
+        from tinygpt.data.sources import read_txt
         return [tok.encode(s)[:block] for _, s in zip(range(n), read_txt(txt))]
     g = torch.Generator().manual_seed(0)
     return [torch.randint(0, 50257, (block,), generator=g).tolist() for _ in range(n)]
@@ -122,27 +106,33 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a TinyGPT checkpoint directory (default: random reference weights)")
     p.add_argument("--val-bin", help="a val.bin memmap for agreement stories and the validation-loss change")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile'd decoding")
-    p.add_argument("--reps", type=int, default=5, help="best of N runs per mode")
+    p.add_argument("--reps", type=int, default=5, help="rounds; each mode's best round is reported")
     args = p.parse_args()
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0] if args.checkpoint else GPT(GPTConfig()).eval()
     tok = Tokenizer()
     prompt = tok.encode("Once upon a time, there was a little girl who")[:8]
     print(f"weights: {args.checkpoint or 'random'} ({model.num_params() / 1e6:.1f}M), threads: "
-          f"{torch.get_num_threads()}, prompt 8 tokens, {NEW} new, top-k {TOP_K}", flush=True)
-    rates = {"no cache fp32": best_rate(no_cache(model, prompt), args.reps)}
+          f"{torch.get_num_threads()}, prompt 8 tokens, {NEW} new, top-k {TOP_K}, 5 alternatives", flush=True)
     served = {p: for_serving(model, p) for p in ("fp32", "bf16", "int8", "int4")}
+    runs = {"no cache fp32": no_cache(model, prompt)}
     for name, m in served.items():
-        rates[f"ours {name}"] = best_rate(ours(m, tok, prompt), args.reps)
-    with tempfile.TemporaryDirectory() as folder:
-        export_transformers(model, folder)
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            rates[f"transformers {name}"] = transformers_rate(folder, prompt, dtype, args.reps)
-    if args.compile:  # last: compiling leaves worker threads and caches that slow what runs after it
-        rates.update(compiled_rates(served, tok, prompt, args.reps))
-    for name, rate in rates.items():
-        print(f"{name:>24}: {rate:7.1f} tokens/s", flush=True)
+        runs[f"ours {name}"] = ours(Engine(m), prompt)
+    for name, m in served.items():
+        engine = Engine(m, compile=True)
+        runs[f"ours {name} compiled"] = ours(engine, prompt) if engine.compiled else runs[f"ours {name}"]
+    folder = tempfile.mkdtemp()
+    export_transformers(model, folder)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        runs[f"transformers {name}"] = transformers_run(folder, prompt, dtype)
+    rates = {name: 0.0 for name in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(args.reps):  # interleaved: a slow spell of the machine hits every mode alike
+        for name, fn in runs.items():
+            rates[name] = max(rates[name], rate(fn))
+    for name, r in rates.items():
+        print(f"{name:>26}: {r:7.1f} tokens/s", flush=True)
     seqs, ref = stories(tok, args.val_bin, block=model.config.block_size), served["fp32"]
     base = val_loss(ref, args.val_bin, model.config.block_size) if args.val_bin else None
     for name in ("bf16", "int8", "int4"):
@@ -150,9 +140,10 @@ def main() -> None:
         if base is not None:
             line += f", val loss change {val_loss(served[name], args.val_bin, model.config.block_size) - base:+.4f}"
         print(line + (f" (fp32 val loss {base:.4f})" if base is not None else ""))
-    ratio = rates[f"ours {DEFAULT_CPU_PRECISION}"] / rates["transformers bf16"]
-    print(f"default CPU mode: {DEFAULT_CPU_PRECISION}")
-    print(f"ratio_vs_transformers_bf16: {ratio:.2f}")
+    default = rates[f"ours {DEFAULT_CPU_PRECISION} compiled"]
+    print(f"default CPU mode: {DEFAULT_CPU_PRECISION}, compiled decode step")
+    print(f"default_tok_s: {default:.1f}")
+    print(f"ratio_vs_transformers_bf16: {default / rates['transformers bf16']:.2f}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinygpt.sources import read_txt  # noqa: E402
-from tinygpt.tokenizer import Tokenizer  # noqa: E402
+from tinygpt.data.sources import read_txt  # noqa: E402
+from tinygpt.data.tokenizer import Tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,9 +33,9 @@ def data_dir(arg: str | None, tmp: str) -> str:
 def measure(data: str, out: str, dtype: str, compile: bool, args) -> float:
     import torch
 
-    from tinygpt.model import GPTConfig
-    from tinygpt.train_config import TrainConfig
-    from tinygpt.trainer import Trainer
+    from tinygpt.model.gpt import GPTConfig
+    from tinygpt.training.config import TrainConfig
+    from tinygpt.training.trainer import Trainer
 
     cfg = TrainConfig(data_dir=data, out_dir=out, batch_size=args.batch_size, tokens_per_step=args.batch_size * 128,
                       eval_iters=1, device=args.device, dtype=dtype, compile=compile, warmup_iters=1)

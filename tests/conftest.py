@@ -35,7 +35,7 @@ def simple_stories(n: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="session")
 def token_data(tmp_path_factory):
     """A data dir with train.bin / val.bin made by the real prepare step from simple stories."""
-    from tinygpt.prepare import PrepareConfig, prepare
+    from tinygpt.data.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("data")
     for name, n, seed in (("train.txt", 400, 0), ("val.txt", 40, 1)):

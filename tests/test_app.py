@@ -14,9 +14,9 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
-from tinygpt.playground import build_demo
-from tinygpt.engine import Engine
-from tinygpt.serving import load_for_serving
+from tinygpt.playground.ui import build_demo
+from tinygpt.inference.engine import Engine
+from tinygpt.playground.serving import load_for_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -39,14 +39,14 @@ def checkpoint(tmp_path_factory):
 def server(checkpoint):
     """A launched app with one generation slot and a model slowed to ~50 ms/token, so a long job is long."""
     loaded = load_for_serving(str(checkpoint), torch.device("cpu"))
-    step = Engine.step
+    uniform = Engine._uniform  # drawn once per token
 
-    def slow_step(self, *args):
+    def slow_token(self, *args):
         time.sleep(0.05)
-        return step(self, *args)
+        return uniform(self, *args)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Engine, "step", slow_step)
+        mp.setattr(Engine, "_uniform", slow_token)
         demo = build_demo(loaded, concurrency=1, max_queue=8)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

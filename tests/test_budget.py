@@ -7,9 +7,9 @@ import pytest
 from tqdm import tqdm
 
 from tests.test_train import MODEL, config
-from tinygpt.budget import TimeBudget, parse_duration
-from tinygpt.train_config import TrainConfig
-from tinygpt.trainer import Trainer
+from tinygpt.training.budget import TimeBudget, parse_duration
+from tinygpt.training.config import TrainConfig
+from tinygpt.training.trainer import Trainer
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("60m", 3600), ("2h", 7200), ("1.5h", 5400), ("45", 45)])

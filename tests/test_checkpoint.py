@@ -46,10 +46,10 @@ def test_missing_files_are_named(ckpt):
 
 def test_a_repo_id_is_fetched_from_the_hub(monkeypatch, ckpt):
     """load_checkpoint('user/name') downloads (here: a stand-in for the Hub download) as from_pretrained does."""
-    import tinygpt.hub
+    import tinygpt.sharing.hub
 
     asked = []
-    monkeypatch.setattr(tinygpt.hub, "download_checkpoint", lambda repo: asked.append(repo) or ckpt)
+    monkeypatch.setattr(tinygpt.sharing.hub, "download_checkpoint", lambda repo: asked.append(repo) or ckpt)
     model, info = load_checkpoint("someone/tiny-stories")
     assert asked == ["someone/tiny-stories"] and info["directory"] == str(ckpt)
 

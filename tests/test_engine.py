@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tinygpt.engine import Engine
-from tinygpt.sampling import SamplingParams
-from tinygpt.story import StorySnapshot, stream_story
+from tinygpt.inference.engine import Engine
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import StorySnapshot, stream_story
 
 
 def test_after_a_slide_the_logits_equal_a_fresh_forward_over_the_kept_tokens(tiny_model):

@@ -11,8 +11,8 @@ import yaml
 
 from tests.conftest import TINY
 from tinygpt import GPT, Tokenizer, generate, save_checkpoint
-from tinygpt.hub import HubError, deploy_space, push
-from tinygpt.model_card import render_model_card
+from tinygpt.sharing.hub import HubError, deploy_space, push
+from tinygpt.sharing.model_card import render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_push_dry_run_lists_exactly_the_files_and_touches_nothing(run_dir):
 def test_push_offline_refuses_with_a_clear_message(run_dir, tmp_path, token, message):
     env = offline_env(tmp_path, **({"HF_TOKEN": token} if token else {}))
     before = sorted(p.name for p in run_dir.rglob("*"))
-    r = subprocess.run([sys.executable, "-m", "tinygpt.hub", "push", str(run_dir / "best"), "--repo", "alice/tiny"],
+    r = subprocess.run([sys.executable, "-m", "tinygpt.sharing.hub", "push", str(run_dir / "best"), "--repo", "alice/tiny"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in run_dir.rglob("*")) == before
@@ -80,7 +80,7 @@ def test_load_by_repo_id_from_the_hub_cache_offline(run_dir, tmp_path):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(run_dir / "best", repo / "snapshots" / commit)
-    code = ("from tinygpt.serving import load_for_serving; m = load_for_serving('alice/tiny', precision='fp32'); "
+    code = ("from tinygpt.playground.serving import load_for_serving; m = load_for_serving('alice/tiny', precision='fp32'); "
             "print('loaded', m.num_params, m.info['metadata']['step'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline_env(tmp_path),
                        cwd=ROOT, timeout=120)
@@ -94,7 +94,7 @@ def test_load_by_repo_id_from_the_hub_cache_offline(run_dir, tmp_path):
 def test_exported_transformers_model_gives_the_same_greedy_story(run_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     from tinygpt import load_checkpoint
-    from tinygpt.export import main as export_main
+    from tinygpt.sharing.export import main as export_main
 
     assert export_main([str(run_dir / "best"), str(tmp_path / "hf")]) == 0
     model, _ = load_checkpoint(run_dir / "best")

@@ -1,4 +1,4 @@
-"""The chunked head + loss (tinygpt.loss) and the kept-token head (GPTConfig.kept_tokens)."""
+"""The chunked head + loss (tinygpt.model.loss) and the kept-token head (GPTConfig.kept_tokens)."""
 import math
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt import GPT, GPTConfig
-from tinygpt import loss as loss_mod
-from tinygpt.loss import linear_cross_entropy
+from tinygpt.model import loss as loss_mod
+from tinygpt.model.loss import linear_cross_entropy
 
 
 @pytest.mark.parametrize("chunk_elements", [1 << 24, 7 * 50])  # one chunk; many uneven chunks
@@ -86,7 +86,7 @@ def test_kept_token_loss_equals_the_full_vocabulary_cross_entropy():
 
 
 def test_kept_token_model_decodes_like_its_full_forward():
-    from tinygpt.engine import Engine
+    from tinygpt.inference.engine import Engine
 
     model = kept_model()
     engine = Engine(model)
@@ -103,7 +103,7 @@ def test_data_vocab_training_keeps_the_datas_ids_and_round_trips(token_data, tmp
 
     from tests.test_train import MODEL, config
     from tinygpt import load_checkpoint
-    from tinygpt.trainer import Trainer
+    from tinygpt.training.trainer import Trainer
 
     trainer = Trainer(MODEL, config(token_data, tmp_path, max_iters=20, eval_interval=20, data_vocab=True))
     trainer.run()

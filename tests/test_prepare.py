@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import prepare_data
-from tinygpt.dataloader import TokenDataset
+from tinygpt.data.dataloader import TokenDataset
 
 WORDS = "once upon a time there was little girl named Lily she loved to play in the park with her dog Max " \
         "café naïve 小猫 🐶 happy sad big red ball tree sun".split()

@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import generate
-from tinygpt.sampling import SamplingParams, choose_token, sample_index, top_p_probs
+from tinygpt.inference.sampling import ALT_MAX, SamplingParams, choose_token, sample_index, top_p_probs
 
 
 def story(model, tok, **kw):
@@ -34,20 +34,22 @@ def test_top_k_one_is_greedy(tiny_model, tokenizer):
 @pytest.mark.parametrize("top_k", [0, 3])
 def test_choose_token_keeps_to_the_top_k_and_the_nucleus(top_k):
     """Catches top-k/top-p applied to the wrong tokens (unsorted ids, the k or p ignored) in either path."""
-    logits, g = torch.tensor([1.0, 3.0, 2.0, 0.0, 2.9]), torch.Generator().manual_seed(0)
+    logits, us = torch.tensor([1.0, 3.0, 2.0, 0.0, 2.9]), torch.rand(300, generator=torch.Generator().manual_seed(0))
     nucleus = SamplingParams(temperature=1.0, top_k=top_k, top_p=0.5)  # tokens 1 and 4 hold 0.55 of the mass
-    picked = {int(choose_token(logits, nucleus, g)[0]) for _ in range(300)}
-    assert picked == {1, 4}
-    picked = {int(choose_token(logits, SamplingParams(temperature=2.0, top_k=2, top_p=1.0), g)[0]) for _ in range(300)}
-    assert picked == {1, 4}
+    assert {int(choose_token(logits, nucleus, u)[0]) for u in us} == {1, 4}
+    two = SamplingParams(temperature=2.0, top_k=2, top_p=1.0)
+    assert {int(choose_token(logits, two, u)[0]) for u in us} == {1, 4}
+    everything = SamplingParams(temperature=2.0, top_k=0, top_p=1.0)
+    assert {int(choose_token(logits, everything, u)[0]) for u in us} == {0, 1, 2, 3, 4}
 
 
 def test_choose_token_reports_the_models_probabilities_and_alternatives():
     logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
-    out = choose_token(logits, SamplingParams(temperature=0, alternatives=3)).tolist()
+    out = choose_token(logits, SamplingParams(temperature=0), torch.tensor(0.5)).tolist()
     p = logits.softmax(-1)
     assert out[:2] == pytest.approx([1, p[1].item()])
-    assert out[2:5] == [1, 2, 0] and out[5:] == pytest.approx(p[[1, 2, 0]].tolist())
+    n = min(ALT_MAX, 4)  # alternatives: every token here, best first
+    assert out[2:2 + n] == [1, 2, 0, 3] and out[2 + n:] == pytest.approx(p[[1, 2, 0, 3]].tolist())
 
 
 def test_top_p_filter():
@@ -57,9 +59,9 @@ def test_top_p_filter():
 
 
 def test_sample_index_follows_the_distribution():
-    g = torch.Generator().manual_seed(0)
+    us = torch.rand(4000, generator=torch.Generator().manual_seed(0))
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
-    counts = torch.bincount(torch.tensor([sample_index(probs, g) for _ in range(4000)]), minlength=4)
+    counts = torch.bincount(torch.stack([sample_index(probs, u) for u in us]), minlength=4)
     assert counts[1] == 0
     assert (counts.float() / 4000 - probs).abs().max() < 0.03
 

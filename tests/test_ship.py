@@ -1,4 +1,4 @@
-"""The model that ships with the repo: int8 storage, packing (tinygpt.ship), and the app's fallback to it."""
+"""The model that ships with the repo: int8 storage, packing (tinygpt.sharing.ship), and the app's fallback to it."""
 import json
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import GPT, load_checkpoint, save_checkpoint
-from tinygpt.dataloader import TokenDataset
-from tinygpt.evaluate import loss_over_all
-from tinygpt.serving import resolve_source
-from tinygpt.ship import SHIPPED_MODEL, ship
+from tinygpt.data.dataloader import TokenDataset
+from tinygpt.training.evaluate import loss_over_all
+from tinygpt.playground.serving import resolve_source
+from tinygpt.sharing.ship import SHIPPED_MODEL, ship
 
 
 def test_int8_checkpoint_is_small_and_loads_close_to_the_original(tmp_path):
@@ -42,7 +42,7 @@ def test_ship_records_the_loss_of_what_loading_gives(token_data, tmp_path):
 
 
 def test_ship_refuses_an_oversized_model_and_keeps_the_old_one(token_data, tmp_path, monkeypatch):
-    import tinygpt.ship as ship_mod
+    import tinygpt.sharing.ship as ship_mod
 
     torch.manual_seed(0)
     trained = save_checkpoint(GPT(TINY), tmp_path / "best", step=3)
@@ -56,7 +56,7 @@ def test_ship_refuses_an_oversized_model_and_keeps_the_old_one(token_data, tmp_p
 
 def test_the_app_falls_back_to_the_shipped_model_last(tmp_path, monkeypatch):
     """Order: --checkpoint, TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the shipped model (app.py
-    reads the flags and the environment; tinygpt.serving resolves)."""
+    reads the flags and the environment; tinygpt.playground.serving resolves)."""
     import app
 
     monkeypatch.chdir(tmp_path)
@@ -88,7 +88,7 @@ def test_the_shipped_model_is_small_enough_for_a_space():
                     reason="needs the shipped model and ../shared/data/tinystories/valid.txt")
 def test_the_shipped_models_recorded_loss_is_what_it_scores(tmp_path):
     """Catches a stale or hand-edited figure: the loss in config.json is recomputed from valid.txt."""
-    from tinygpt.prepare import PrepareConfig, prepare
+    from tinygpt.data.prepare import PrepareConfig, prepare
 
     prepare(PrepareConfig(train_files=[str(VALID)], val_files=[str(VALID)], out_dir=str(tmp_path), num_proc=1))
     model, info = load_checkpoint(SHIPPED_MODEL)

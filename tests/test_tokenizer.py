@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from tinygpt.tokenizer import Tokenizer, _encoding
+from tinygpt.data.tokenizer import Tokenizer, _encoding
 
 TEXTS = ["Once upon a time, there was a little dog.", "Café crème brûlée à la française",
          "小猫在花园里玩。日本語のテキスト", "Emoji 🦄🎉👩‍👩‍👧 and ✨ sparkles"]
@@ -43,7 +43,7 @@ def test_endoftext_is_text_unless_allowed(tokenizer):
 
 
 def test_corrupt_ranks_file_is_refused(tmp_path, monkeypatch):
-    import tinygpt.tokenizer as mod
+    import tinygpt.data.tokenizer as mod
     bad = tmp_path / "gpt2.tiktoken"
     bad.write_bytes(mod.RANKS_PATH.read_bytes()[:-10])
     monkeypatch.setattr(mod, "RANKS_PATH", bad)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tinygpt import GPTConfig, load_checkpoint
-from tinygpt.schedule import lr_at
-from tinygpt.train_config import TrainConfig
-from tinygpt.trainer import Trainer, TrainingError
+from tinygpt.training.schedule import lr_at
+from tinygpt.training.config import TrainConfig
+from tinygpt.training.trainer import Trainer, TrainingError
 
 MODEL = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
 
@@ -135,3 +135,21 @@ def test_torchrun_two_processes_match_one(token_data, tmp_path):
     assert abs(one["val_loss"] - two["val_loss"]) < 1e-3 and one["val_loss"] < 10.0
     a, b = weights(tmp_path / "one" / "last"), weights(tmp_path / "two" / "last")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.slow
+def test_torchrun_rank0_failure_stops_every_rank(token_data, tmp_path):
+    """Rank 0 fails while it checkpoints and logs (loss.png cannot be written: a folder is in the way): both
+    processes must exit non-zero promptly with the reason, not leave rank 1 waiting in a collective."""
+    out = tmp_path / "out"
+    (out / "loss.png").mkdir(parents=True)
+    args = ["train.py", "--data-dir", str(token_data), "--out-dir", str(out), "--max-iters", "8", "--eval-interval",
+            "4", "--eval-iters", "1", "--batch-size", "4", "--tokens-per-step", "256", "--block-size", "32",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--device", "cpu", "--dtype", "float32",
+            "--sample-tokens", "0"]
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode != 0
+    assert time.time() - start < 30, proc.stderr[-2000:]
+    assert "loss.png" in proc.stderr and "rank 0 failed at step 4" in proc.stderr, proc.stderr[-3000:]

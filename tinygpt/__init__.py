@@ -1,11 +1,15 @@
 """TinyGPT: a small GPT-2-style language model trained on TinyStories, with a story playground.
 
+The package by stage: data/ (tokenizer, preparing and loading tokens), model/ (the network), training/,
+inference/ (engine, sampling, quantized serving, stories), playground/ (the Gradio app), sharing/
+(checkpoints, the Hub, export, the shipped model).
+
 Public API (imported lazily, so `import tinygpt` and the torch-free data tools start fast):
-    GPT, GPTConfig                 the model and its shape (tinygpt.model)
-    Tokenizer                      offline GPT-2 BPE (tinygpt.tokenizer)
-    generate, GeneratedToken       streaming text generation (tinygpt.story)
-    Engine, SamplingParams         the token-level engine and its settings (tinygpt.engine, tinygpt.sampling)
-    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.checkpoint)
+    GPT, GPTConfig                 the model and its shape (tinygpt.model.gpt)
+    Tokenizer                      offline GPT-2 BPE (tinygpt.data.tokenizer)
+    generate, GeneratedToken       streaming text generation (tinygpt.inference.story)
+    Engine, SamplingParams         the token-level engine and its settings (tinygpt.inference)
+    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.sharing.checkpoint)
     pick_device, pick_dtype        device and dtype choice (tinygpt.device)
 """
 from importlib import import_module
@@ -13,10 +17,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "GPT": "model", "GPTConfig": "model", "Tokenizer": "tokenizer", "generate": "story",
-    "GeneratedToken": "story", "Engine": "engine", "SamplingParams": "sampling",
-    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "CheckpointError": "checkpoint", "pick_device": "device", "pick_dtype": "device",
+    "GPT": "model.gpt", "GPTConfig": "model.gpt", "Tokenizer": "data.tokenizer", "generate": "inference.story",
+    "GeneratedToken": "inference.story", "Engine": "inference.engine", "SamplingParams": "inference.sampling",
+    "save_checkpoint": "sharing.checkpoint", "load_checkpoint": "sharing.checkpoint",
+    "CheckpointError": "sharing.checkpoint", "pick_device": "device", "pick_dtype": "device",
 }
 __all__ = list(_EXPORTS)
 

@@ -8,9 +8,9 @@ from typing import Iterator
 
 import gradio as gr
 
-from tinygpt.sampling import SamplingParams
-from tinygpt.serving import HOW_TO_GET_A_MODEL, LoadedModel
-from tinygpt.story import StorySnapshot, stream_story
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
+from tinygpt.inference.story import StorySnapshot, stream_story
 
 log = logging.getLogger(__name__)
 

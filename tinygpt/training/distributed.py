@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
@@ -26,11 +26,21 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); else single process."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def launch_info(env: Mapping[str, str]) -> DistInfo:
+    """This process's place in a torchrun launch, from the variables torchrun sets (the entry point passes
+    os.environ); single-process when they are absent."""
+    if "RANK" not in env or int(env.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    return DistInfo(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+
+
+def init_distributed(device_type: str, info: DistInfo) -> DistInfo:
+    """Join the process group when `info` says this is one of several processes; else nothing to do."""
+    if not info.enabled:
+        return info
+    if device_type == "mps":
+        raise ValueError("torchrun with Apple MPS is not supported: torch.distributed has no MPS backend and gloo "
+                         "cannot reduce MPS tensors. Train in one process: python train.py")
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)

@@ -15,11 +15,11 @@ import logging
 import torch
 from torch import nn
 
-from tinygpt.checkpoint import unwrap
-from tinygpt.model import GPT
+from tinygpt.sharing.checkpoint import unwrap
+from tinygpt.model.gpt import GPT
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16", "int8", "int4")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 DEFAULT_CPU_PRECISION = "int4"  # fastest here that keeps quality (bench/generate.py: 98% top-1, +0.002 val loss)
 
 
@@ -29,9 +29,9 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-        self.register_buffer("weight_int8", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scale.to(dtype))
+        scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(dtype)  # rounded first: the codes match it
+        self.register_buffer("weight_int8", (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
@@ -52,12 +52,8 @@ class Int4Head(nn.Module):
         rows = (n + 63) // 64 * 64  # the packing wants whole tiles of rows
         w = torch.zeros(rows, k)
         w[:n] = weight.detach().float()
-        groups = w.view(rows, k // self.GROUP, self.GROUP)
-        lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-        scale = (hi - lo).clamp(min=1e-8) / 15
-        q = ((groups - lo) / scale).round().clamp(0, 15).to(torch.int32).view(rows, k)
-        zero = lo + 8 * scale  # the kernel computes (q - 8) * scale + zero
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        q, scale, zero = quantize_int4(w.view(rows, k // self.GROUP, self.GROUP))
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(rows, k), 1))
         self.register_buffer("scales_zeros", torch.cat([scale, zero], -1).transpose(0, 1).contiguous().bfloat16())
         self.in_features, self.out_features = k, n
 
@@ -65,6 +61,29 @@ class Int4Head(nn.Module):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).bfloat16(), self.packed,
                                                        self.GROUP, self.scales_zeros)
         return y[:, :self.out_features].float().view(*x.shape[:-1], self.out_features)
+
+
+def quantize_int4(groups: torch.Tensor, shrinks: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights (..., G) -> 4-bit codes (int32), and a bf16-exact scale and zero per group, such that the kernel's
+    (q - 8) * scale + zero approximates them. Per group, the range is clipped by whichever of `shrinks` gives
+    the least squared error (clipping a rare outlier buys finer steps for the rest), and the codes are rounded
+    against the bf16 scale and zero the kernel will use."""
+    lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    center, half = (hi + lo) / 2, (hi - lo) / 2
+    best = None
+    for shrink in shrinks:
+        scale = (2 * half * shrink / 15).clamp(min=1e-8).bfloat16().float()
+        zero = (center - half * shrink + 8 * scale).bfloat16().float()
+        q = ((groups - zero) / scale + 8).round().clamp(0, 15)
+        err = ((q - 8) * scale + zero - groups).pow(2).sum(-1, keepdim=True)
+        if best is None:
+            best = [q, scale, zero, err]
+        else:
+            better = err < best[3]
+            best = [torch.where(better, new, old) for new, old in zip((q, scale, zero, err), best)]
+    q, scale, zero, _ = best
+    return q.to(torch.int32), scale, zero
 
 
 def int4_available(n_embd: int) -> bool:
@@ -76,17 +95,38 @@ def int4_available(n_embd: int) -> bool:
 
 
 def default_precision(device: torch.device) -> str:
-    """int4 (int8 blocks, int4 head) on CPUs: the fastest that keeps quality; bf16 on CUDA; fp32 elsewhere."""
-    return {"cpu": DEFAULT_CPU_PRECISION, "cuda": "bf16"}.get(device.type, "fp32")
+    """int4 (int8 blocks, int4 head) on CPUs: the fastest that keeps quality; on CUDA the GPU's native 16-bit
+    type (bf16 from compute capability 8.0, else fp16); fp32 elsewhere (MPS)."""
+    if device.type == "cuda":
+        from tinygpt.device import cuda_half_dtype
+
+        return "bf16" if cuda_half_dtype(device)[0] == torch.bfloat16 else "fp16"
+    return DEFAULT_CPU_PRECISION if device.type == "cpu" else "fp32"
+
+
+def servable_precision(requested: str | None, device: torch.device) -> tuple[str, str | None]:
+    """The precision to serve in on `device`: `requested` if the device runs it, else the best it can, with the
+    reason (None when `requested` is used as asked). Raises ValueError for a name that is no precision."""
+    if requested is None:
+        return default_precision(device), None
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    best = default_precision(device)
+    if requested in ("int8", "int4") and device.type != "cpu":
+        return best, f"{requested} uses CPU kernels; serving {best} on {device.type} instead"
+    if requested == "bf16" and device.type == "cuda" and best == "fp16":
+        return best, "this GPU has no native bf16; serving fp16 instead"
+    return requested, None
 
 
 def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
-    """A converted copy of `model` in eval mode for inference ('fp32', 'bf16', 'int8' or 'int4'); `model` is untouched."""
+    """A converted copy of `model` in eval mode for inference ('fp32', 'bf16', 'fp16', 'int8' or 'int4'); `model`
+    is untouched. int8/int4 need a CPU model (servable_precision picks what a device can run)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     gpt = copy.deepcopy(unwrap(model)).eval()
-    if precision == "bf16":
-        return gpt.to(torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return gpt.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     if precision in ("int8", "int4"):
         if gpt.lm_head.weight.device.type != "cpu":
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")

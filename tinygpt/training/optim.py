@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from tinygpt.model import GPT
+from tinygpt.model.gpt import GPT
 
 
 def make_optimizer(model: GPT, weight_decay: float, learning_rate: float, betas: tuple[float, float],
@@ -14,6 +14,9 @@ def make_optimizer(model: GPT, weight_decay: float, learning_rate: float, betas:
     no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm gains
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+
+DEVICE_SETTINGS = ("fused", "foreach", "capturable")
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -37,4 +40,7 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
     for name, value in rest["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+    # How the update runs (fused kernels, ...) belongs to the device resumed on, not the one saved on.
+    groups = [{**saved, **{k: current[k] for k in DEVICE_SETTINGS if k in current}}
+              for saved, current in zip(rest["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

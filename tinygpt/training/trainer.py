@@ -1,7 +1,7 @@
 """The training loop: mixed precision, gradient accumulation and clipping, warmup-cosine learning rate,
 evaluation on fixed batches, atomic checkpoints (best/ and last/), exact resume, clean stops, a time budget, DDP.
 
-Memory stays flat: the loss never builds the (tokens x vocab) logits (tinygpt.loss). A stop request (Ctrl-C,
+Memory stays flat: the loss never builds the (tokens x vocab) logits (tinygpt.model.loss). A stop request (Ctrl-C,
 SIGTERM) drops the unfinished step at the next micro-batch, saves last/ and exits, with no eval or sample."""
 from __future__ import annotations
 
@@ -19,21 +19,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from tinygpt.budget import TimeBudget, format_duration
-from tinygpt.checkpoint import load_checkpoint, save_checkpoint
-from tinygpt.dataloader import TokenDataset
+from tinygpt.training.budget import TimeBudget, format_duration
+from tinygpt.sharing.checkpoint import load_checkpoint, save_checkpoint
+from tinygpt.data.dataloader import TokenDataset
 from tinygpt.device import pick_device, pick_dtype
-from tinygpt.distributed import DistInfo, any_across, from_main, init_distributed, mean_across
-from tinygpt.evaluate import loss_over_all
-from tinygpt.metrics import MetricsLog, flops_per_token, peak_flops
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.optim import make_optimizer
-from tinygpt.sampling import SamplingParams
-from tinygpt.schedule import lr_at
-from tinygpt.story import generate
-from tinygpt.tokenizer import Tokenizer
-from tinygpt.train_config import TrainConfig
-from tinygpt.train_state import load_training_state, save_training_checkpoint
+from tinygpt.training.distributed import DistInfo, any_across, from_main, init_distributed, mean_across
+from tinygpt.training.evaluate import loss_over_all
+from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
+from tinygpt.training.metrics import mfu as model_flops_utilization
+from tinygpt.model.gpt import GPT, GPTConfig
+from tinygpt.training.optim import make_optimizer
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.training.schedule import lr_at
+from tinygpt.inference.story import generate
+from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.training.config import TrainConfig
+from tinygpt.training.state import load_training_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,17 @@ class TrainingError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, model_config: GPTConfig, config: TrainConfig, dist: DistInfo | None = None) -> None:
+    def __init__(self, model_config: GPTConfig, config: TrainConfig, launch: DistInfo = DistInfo()) -> None:
         self.config = config
         seconds = config.budget_seconds
         self.budget = TimeBudget(seconds) if seconds else None  # the clock starts now: start-up counts
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(self.device, config.dtype)
-        self.dist = dist or init_distributed(self.device.type)
+        self.dist = init_distributed(self.device.type, launch)  # launch: from torchrun's variables (train.py)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank) if self.dist.enabled else self.device
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls: ~free speed on Ampere+
-            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for fp32 matmuls: ~free speed on Ampere+
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
         self.out_dir = Path(config.out_dir)
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
         self.max_iters = config.max_iters  # a time budget replaces it with what fits
@@ -178,8 +179,8 @@ class Trainer:
         """Evaluate, log a metrics record and a sample, save best/ and last/ (rank 0 only). The final one
         also scores every validation token (`val_loss_all`)."""
         losses = self.evaluate()
-        peak = peak_flops(self.device, self.dtype)
-        mfu = rate * flops_per_token(self.model.num_params(), self.model_config) / peak if peak else None
+        per_token = flops_per_token(self.model.num_params(), self.model_config)
+        mfu = model_flops_utilization(rate, self.dist.world_size, per_token, peak_flops(self.device, self.dtype))
         record = dict(step=self.step, tokens_seen=self.tokens_seen, train_loss=losses["train"],
                       val_loss=losses["val"], lr=self.lr(self.step - 1), tokens_per_sec=round(rate, 1),
                       mfu=mfu, time=time.time())
@@ -248,20 +249,34 @@ class Trainer:
             final = self.step >= self.max_iters
             if self.step % c.eval_interval == 0 or final:
                 started = time.perf_counter()
-                if self.dist.is_main:
-                    record = self.checkpoint_and_log(rate, final)
+                record = self._main_only(lambda: self.checkpoint_and_log(rate, final))
                 if self.budget and not final:
                     self.budget.eval_seconds = time.perf_counter() - started
                     self._plan((time.perf_counter() - t0 - self.budget.eval_seconds) / max(1, self.step - steps0), bar)
                 t0, tokens0, steps0 = time.perf_counter(), self.tokens_seen, self.step
         if self.stop_requested:  # saved first; nothing optional on the way out
-            if self.dist.is_main:
-                self.save("last", None)
+            self._main_only(lambda: self.save("last", None))
             log.info("stopped at step %d and saved %s; continue with --resume", self.step, self.out_dir / "last")
         bar.close()
         if self.dist.enabled:  # the other ranks wait while rank 0 evaluates and saves, then all shut down together
             torch.distributed.barrier()
         return record
+
+    def _main_only(self, work):
+        """Run `work` on rank 0 only, then let every rank know whether it failed: on a failure (a full disk while
+        saving, say) all ranks stop now with the error, instead of the others waiting in their next collective
+        until a timeout. Rank 0 raises its own exception; the others a TrainingError pointing at it."""
+        result, error = None, None
+        if self.dist.is_main:
+            try:
+                result = work()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the others are told
+                error = e
+        if any_across(error is not None, self.dist, self.device):
+            if error is not None:
+                raise error
+            raise TrainingError(f"rank 0 failed at step {self.step} (its error is above); this rank stops too")
+        return result
 
     def _plan(self, step_seconds: float, bar: tqdm) -> None:
         """Fit the step count to a time budget; without one, say how long a CPU run would take."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tinygpt.checkpoint import load_checkpoint
+from tinygpt.sharing.checkpoint import load_checkpoint
 
 TAGS = ["tinygpt", "gpt2", "text-generation", "tinystories", "pytorch", "safetensors"]
 
@@ -41,7 +41,7 @@ With this package (`pip install -r requirements.txt` in the TinyGPT repository):
 
 ```python
 from tinygpt import Tokenizer, generate
-from tinygpt.serving import load_for_serving
+from tinygpt.playground.serving import load_for_serving
 loaded = load_for_serving("{repo_id}")          # downloads once, then works offline from the cache
 for t in generate(loaded.model, Tokenizer(), "Once upon a time", max_new_tokens=120, temperature=0.8, top_k=50):
     print(t.text, end="")
@@ -57,7 +57,7 @@ TRANSFORMERS = """With transformers: export it to a `GPT2LMHeadModel` folder, th
 the same ids):
 
 ```bash
-python -m tinygpt.export $(python -c "from tinygpt.hub import download_checkpoint as d; print(d('{repo_id}'))") tinygpt-hf
+python -m tinygpt.sharing.export $(python -c "from tinygpt.sharing.hub import download_checkpoint as d; print(d('{repo_id}'))") tinygpt-hf
 ```
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,9 +69,9 @@ NO_TRANSFORMERS = ("This model gives its own rows to only the {kept:,} token ids
 
 
 def sample_story(model, seed: int = 0) -> str:
-    from tinygpt.sampling import SamplingParams
-    from tinygpt.story import generate
-    from tinygpt.tokenizer import Tokenizer
+    from tinygpt.inference.sampling import SamplingParams
+    from tinygpt.inference.story import generate
+    from tinygpt.data.tokenizer import Tokenizer
 
     prompt = "Once upon a time"
     tokens = generate(model, Tokenizer(), prompt, SamplingParams(max_new_tokens=80, seed=seed))

@@ -1,6 +1,6 @@
 """The model that ships with the repo (tinygpt/assets/story-model/), so a fresh clone or a Space plays at once.
 
-`python -m tinygpt.ship out/best --val data/tinystories/val.bin --recipe "..."` packs a trained checkpoint there:
+`python -m tinygpt.sharing.ship out/best --val data/tinystories/val.bin --recipe "..."` packs a trained checkpoint there:
 matrices in int8 with per-row scales (at most 10 MB in all, so a plain `git push` to a Space needs no Git LFS),
 then loads the packed copy back and scores it on every validation token, so the figure recorded in its
 config.json is the one of the model users get.
@@ -12,14 +12,14 @@ import logging
 import shutil
 from pathlib import Path
 
-from tinygpt.checkpoint import CONFIG, CheckpointError, WEIGHTS, find_loss_curve, load_checkpoint, write_checkpoint
-from tinygpt.dataloader import TokenDataset
-from tinygpt.evaluate import loss_over_all
+from tinygpt.sharing.checkpoint import CONFIG, CheckpointError, WEIGHTS, find_loss_curve, load_checkpoint, write_checkpoint
+from tinygpt.data.dataloader import TokenDataset
+from tinygpt.training.evaluate import loss_over_all
 from tinygpt.fileio import atomic_dir
-from tinygpt.sources import DataError
+from tinygpt.data.sources import DataError
 
 log = logging.getLogger(__name__)
-SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "story-model"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "story-model"
 MAX_BYTES = 10_000_000
 
 
@@ -48,7 +48,7 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m tinygpt.ship", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tinygpt.sharing.ship", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="the trained checkpoint, e.g. out/best")
     p.add_argument("--val", required=True, help="val.bin to score the packed model on")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tinygpt.kv_cache import KVCache
-from tinygpt.loss import linear_cross_entropy
+from tinygpt.model.kv_cache import KVCache
+from tinygpt.model.loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class GPT(nn.Module):
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
 
-        With targets the loss is computed in chunks (tinygpt.loss) and the (B, T, vocab) logits are never
+        With targets the loss is computed in chunks (tinygpt.model.loss) and the (B, T, vocab) logits are never
         built: they are most of training's memory. Targets of -1 are ignored. With a `cache` (from
         `new_cache`), idx holds each stream's next T tokens, the cache supplies the earlier ones and advances;
         only the last position's logits are computed (B, 1, vocab), which skips most of the costly output

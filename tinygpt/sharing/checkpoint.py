@@ -16,8 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tinygpt.fileio import atomic_dir
-from tinygpt.model import GPT, GPTConfig
-from tinygpt.tokenizer import Tokenizer
+from tinygpt.model.gpt import GPT, GPTConfig
+from tinygpt.data.tokenizer import Tokenizer
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "tinygpt-v1"
@@ -124,7 +124,7 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "
     """
     directory = Path(directory)
     if not directory.exists():
-        from tinygpt.hub import download_checkpoint, is_repo_id  # huggingface_hub only when needed
+        from tinygpt.sharing.hub import download_checkpoint, is_repo_id  # huggingface_hub only when needed
 
         if not is_repo_id(str(directory)):
             raise CheckpointError(f"{directory}: no such checkpoint directory, and not a Hub repo id (USER/NAME)")

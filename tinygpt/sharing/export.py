@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tinygpt.checkpoint import model_state, unwrap
+from tinygpt.sharing.checkpoint import model_state, unwrap
 from tinygpt.fileio import atomic_dir
-from tinygpt.model import GPT
+from tinygpt.model.gpt import GPT
 
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -63,9 +63,9 @@ def export_transformers(model: torch.nn.Module, directory: str | os.PathLike) ->
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.sharing.checkpoint import load_checkpoint
 
-    p = argparse.ArgumentParser(prog="python -m tinygpt.export", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tinygpt.sharing.export", description=__doc__)
     p.add_argument("checkpoint", help="a TinyGPT checkpoint directory (e.g. out/best)")
     p.add_argument("out", help="folder to write the transformers model into")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """The Hugging Face Hub: download a checkpoint by repo id (cached, so later starts work offline).
 
-`python -m tinygpt.hub --help` lists the commands for sharing models and Spaces.
+`python -m tinygpt.sharing.hub --help` lists the commands for sharing models and Spaces.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tinygpt.checkpoint import CONFIG, WEIGHTS, CheckpointError, find_loss_curve
+from tinygpt.sharing.checkpoint import CONFIG, WEIGHTS, CheckpointError, find_loss_curve
 
 log = logging.getLogger(__name__)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -51,7 +51,7 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
 
 def stage_model(checkpoint: str | Path, repo_id: str, staging: Path) -> list[str]:
     """Copy what a model repo holds into `staging`: weights, config, loss curve, model card."""
-    from tinygpt.model_card import render_model_card
+    from tinygpt.sharing.model_card import render_model_card
 
     checkpoint = Path(checkpoint)
     for name in (WEIGHTS, CONFIG):
@@ -123,7 +123,7 @@ def deploy_space(space_id: str, model_repo: str, root: str | Path = ".", dry_run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinygpt.hub", description="Share TinyGPT on the Hub.")
+    parser = argparse.ArgumentParser(prog="python -m tinygpt.sharing.hub", description="Share TinyGPT on the Hub.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("push", help="upload a checkpoint (weights, config, loss curve, model card)")
     p.add_argument("checkpoint", help="checkpoint directory, e.g. out/best")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files = deploy_space(args.space, args.model, dry_run=args.dry_run)
     except (HubError, CheckpointError) as e:
-        sys.stderr.write(f"tinygpt.hub: error: {e}\n")
+        sys.stderr.write(f"tinygpt.sharing.hub: error: {e}\n")
         return 2
     log.info("%s: %s", "would upload" if args.dry_run else "uploaded", " ".join(files))
     return 0

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import tiktoken
 
-RANKS_PATH = Path(__file__).parent / "assets" / "gpt2.tiktoken"
+RANKS_PATH = Path(__file__).resolve().parents[1] / "assets" / "gpt2.tiktoken"
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 # tiktoken's r50k/gpt2 split pattern (tiktoken_ext/openai_public.py).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""

@@ -1,12 +1,12 @@
 """Validation loss over every token of a token file, each scored once: the figure that training runs, the CPU
-recipe candidates and the shipped model are compared by (`python -m tinygpt.evaluate CKPT val.bin`)."""
+recipe candidates and the shipped model are compared by (`python -m tinygpt.training.evaluate CKPT val.bin`)."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
 
-from tinygpt.dataloader import TokenDataset
+from tinygpt.data.dataloader import TokenDataset
 
 
 @torch.no_grad()
@@ -33,10 +33,10 @@ def loss_over_all(model: torch.nn.Module, data: TokenDataset, batch_size: int = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tinygpt.checkpoint import CheckpointError, load_checkpoint
-    from tinygpt.sources import DataError
+    from tinygpt.sharing.checkpoint import CheckpointError, load_checkpoint
+    from tinygpt.data.sources import DataError
 
-    p = argparse.ArgumentParser(prog="python -m tinygpt.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tinygpt.training.evaluate", description=__doc__)
     p.add_argument("checkpoint", help="checkpoint directory (or Hub repo id)")
     p.add_argument("tokens", help="a .bin token file from prepare_data.py, e.g. data/tinystories/val.bin")
     p.add_argument("--batch-size", type=int, default=32)

@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from tinygpt.sources import DataError
+from tinygpt.data.sources import DataError
 
 
 class TokenDataset:

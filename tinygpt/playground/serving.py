@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.checkpoint import find_loss_curve, load_checkpoint
+from tinygpt.sharing.checkpoint import find_loss_curve, load_checkpoint
 from tinygpt.device import pick_device
-from tinygpt.engine import Engine
-from tinygpt.model import GPT
-from tinygpt.quantize import default_precision, for_serving
-from tinygpt.ship import SHIPPED_MODEL
-from tinygpt.tokenizer import Tokenizer
+from tinygpt.inference.engine import Engine
+from tinygpt.model.gpt import GPT
+from tinygpt.inference.quantize import for_serving, servable_precision
+from tinygpt.sharing.ship import SHIPPED_MODEL
+from tinygpt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = "out/best"
@@ -37,7 +37,7 @@ class ServeConfig:
 
     checkpoint: str | None = None  # --checkpoint / TINYGPT_CHECKPOINT: a directory or a Hub repo id
     hub_repo: str | None = None  # TINYGPT_HUB_REPO: tried after out/best
-    precision: str | None = None  # None: the device's fastest (tinygpt.quantize.default_precision)
+    precision: str | None = None  # None: the device's fastest (tinygpt.inference.quantize.default_precision)
     compile: bool = True  # torch.compile the decode step (falls back to eager if compiling fails)
     concurrency: int = 4  # stories generated at once
     max_queue: int = 64  # requests waiting beyond those
@@ -84,7 +84,9 @@ def load_for_serving(source: str, device: torch.device | None = None, precision:
     `precision` (default: the device's fastest), with the decode step compiled if `compile`."""
     device = device or pick_device()
     model, info = load_checkpoint(source, device)
-    precision = precision or default_precision(device)
+    precision, why = servable_precision(precision, device)
+    if why:
+        log.warning("%s", why)
     served = for_serving(model, precision)
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
     engine = Engine(served, compile=compile)

@@ -1,0 +1,1 @@
+"""The model: the GPT network (gpt.py), its KV cache, and the chunked output-head loss."""

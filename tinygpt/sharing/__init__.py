@@ -1,0 +1,1 @@
+"""Sharing models: checkpoints on disk, the Hugging Face Hub, transformers export, the shipped model, model cards."""
