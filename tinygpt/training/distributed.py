@@ -28,7 +28,7 @@ class DistInfo:
 
 def launch_info(env: Mapping[str, str]) -> DistInfo:
     """This process's place in a torchrun launch, from the variables torchrun sets (the entry point passes
-    os.environ); single-process when they are absent."""
+    process environment); single-process when they are absent."""
     if "RANK" not in env or int(env.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     return DistInfo(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
