@@ -96,3 +96,25 @@ def test_resumed_optimizer_takes_the_new_devices_settings(tiny_model):
     optimizer_from_flat(gpu_opt, tensors, rest)
     assert all(g["fused"] for g in gpu_opt.param_groups)
     assert gpu_opt.state_dict()["state"][0]["step"] == 1  # the state itself was restored
+
+
+def test_the_app_asked_for_int4_on_a_gpu_serves_in_what_the_gpu_runs(fake_gpu, monkeypatch, tmp_path, tokenizer,
+                                                                      caplog):
+    """Catches the start-up crash: int4 uses CPU kernels, so on a (faked) T4 the app must load in fp16, say so
+    once, and generate. The weights stay on the CPU here; everything else takes the CUDA path."""
+    import tinygpt.playground.serving as serving
+    from tests.conftest import TINY
+    from tinygpt import GPT, save_checkpoint
+    from tinygpt.inference.sampling import SamplingParams
+    from tinygpt.inference.story import stream_story
+
+    fake_gpu(name="Tesla T4", capability=(7, 5))
+    ckpt = save_checkpoint(GPT(TINY), tmp_path / "best")
+    real_load = serving.load_checkpoint
+    monkeypatch.setattr(serving, "load_checkpoint", lambda source, device: real_load(source, "cpu"))
+    with caplog.at_level("WARNING"):
+        loaded = serving.load_for_serving(str(ckpt), device=CUDA, precision="int4")
+    assert loaded.precision == "fp16" and loaded.model.lm_head.weight.dtype == torch.float16
+    assert "int4 uses CPU kernels; serving fp16 on cuda instead" in caplog.text
+    snaps = list(stream_story(loaded.engine, tokenizer, "Once", SamplingParams(max_new_tokens=3, seed=0)))
+    assert snaps[-1].n_tokens == 3
