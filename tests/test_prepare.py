@@ -3,6 +3,7 @@ import logging
 import os
 import random
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -113,9 +114,37 @@ def test_bad_input_exits_2_with_a_clear_message_and_no_outputs(tmp_path, capsys,
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
-def test_errors_replace_skips_bad_bytes_with_a_warning(tmp_path, caplog):
-    assert run(tmp_path, "--train-files", bad_utf8(tmp_path), "--val-fraction", "0.5", "--errors", "replace") == 0
-    assert "invalid UTF-8 at byte offset 34 replaced" in caplog.text
+def test_errors_replace_reports_every_bad_sequence_once_at_the_end(tmp_path, caplog):
+    """Catches a report of only the first bad sequence in a line, or one per read (the file is read twice to
+    carve out validation), or one in the middle of the progress bar instead of after it."""
+    p = tmp_path / "bad2.txt"
+    p.write_bytes(b"A good story.\n<|endoftext|>\nA bad \xff story with \xfe\xfe two.\n<|endoftext|>\n")
+    assert run(tmp_path, "--train-files", p, "--val-fraction", "0.5", "--errors", "replace") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"replaced 3 invalid UTF-8 sequences with U+FFFD: {p} at byte offsets 34, 47, 48"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index(warnings[0]) > max(i for i, m in enumerate(messages) if m.startswith("val: "))  # at the end
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["utf8_replaced"] == 3
+
+
+def test_outputs_follow_the_umask(tmp_path, stories):
+    """Catches meta.json written 0600 through a temporary file (unreadable to others on a shared machine)."""
+    old = os.umask(0o022)
+    try:
+        assert run(tmp_path, "--train-files", write_txt(tmp_path / "s.txt", stories), "--val-fraction", "0.5") == 0
+    finally:
+        os.umask(old)
+    for name in ("meta.json", "train.bin", "val.bin"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_offline_hub_fails_fast_with_the_way_out(tmp_path, capsys):
+    """No network and no cache: a clear message within seconds, not half a minute of retries."""
+    start = time.time()
+    code = prepare_data.main(["--out-dir", str(tmp_path / "o"), "--offline", "--dataset", "nobody/no-such-set"])
+    assert code == 2 and time.time() - start < 5
+    err = capsys.readouterr().err
+    assert "not in the local cache" in err and "--train-files" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

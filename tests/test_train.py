@@ -153,3 +153,10 @@ def test_torchrun_rank0_failure_stops_every_rank(token_data, tmp_path):
     assert proc.returncode != 0
     assert time.time() - start < 30, proc.stderr[-2000:]
     assert "loss.png" in proc.stderr and "rank 0 failed at step 4" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_resume_with_nothing_saved_says_so(token_data, tmp_path):
+    from tinygpt.sharing.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="nothing to resume: .*last holds no checkpoint"):
+        Trainer(MODEL, config(token_data, tmp_path / "fresh", resume=True))

@@ -44,7 +44,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str | 
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = tp
-            kw["metavar"] = f.metadata.get("metavar", f.name.upper())
+            if "choices" not in kw:  # argparse then shows them: {strict,replace}
+                kw["metavar"] = f.metadata.get("metavar", f.name.upper())
             if is_list:
                 kw["nargs"] = "+"
         group.add_argument("--" + f.name.replace("_", "-"), **kw)

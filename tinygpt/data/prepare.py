@@ -48,6 +48,8 @@ class PrepareConfig:
         "help": "invalid UTF-8: 'strict' stops with the file and byte offset, 'replace' warns and replaces",
         "choices": ["strict", "replace"]})
     force: bool = field(default=False, metadata={"help": "redo the work even if the outputs are up to date"})
+    offline: bool = field(default=False, metadata={
+        "help": "never contact the Hub: --dataset comes from the local cache (default: $HF_HUB_OFFLINE)"})
     batch_size: int = field(default=1024, metadata={"help": "stories per tokenizer batch"})
 
 
@@ -85,17 +87,17 @@ def _carve(stories: Iterable[str], fraction: float, want_val: bool) -> Iterator[
             yield story
 
 
-def _splits(config: PrepareConfig, out_dir: Path) -> tuple[list[Split], str]:
+def _splits(config: PrepareConfig, out_dir: Path, replaced: set) -> tuple[list[Split], str]:
     if config.train_files:
         train = check_files(config.train_files)
         val = check_files(config.val_files)
         source = "local files: " + ", ".join(map(str, train + val))
-        make_train = lambda: read_files(train, config.errors)  # noqa: E731  (re-read per split)
-        make_val = (lambda: read_files(val, config.errors)) if val else None
+        make_train = lambda: read_files(train, config.errors, replaced)  # noqa: E731  (re-read per split)
+        make_val = (lambda: read_files(val, config.errors, replaced)) if val else None
     else:
         if config.val_files:
             raise DataError("--val-files needs --train-files as well")
-        ds = load_hub_splits(config.dataset)
+        ds = load_hub_splits(config.dataset, config.offline)
         source = f"hub: {config.dataset}"
         make_train = lambda: hub_stories(ds["train"])  # noqa: E731
         make_val = (lambda: hub_stories(ds["validation"])) if "validation" in ds else None
@@ -161,6 +163,17 @@ def _check_writable(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: cannot write there ({e.strerror}); pick another --out-dir") from None
 
 
+def report_replaced(replaced: set, shown: int = 10) -> None:
+    """One warning, after the progress bars: how many bad UTF-8 sequences were replaced, and where."""
+    by_file: dict[str, list[int]] = {}
+    for path, offset in sorted(replaced):
+        by_file.setdefault(path, []).append(offset)
+    where = "; ".join(f"{path} at byte offset{'s' if len(o) > 1 else ''} {', '.join(map(str, o[:shown]))}"
+                      + (f" and {len(o) - shown} more" if len(o) > shown else "") for path, o in by_file.items())
+    log.warning("replaced %d invalid UTF-8 sequence%s with U+FFFD: %s", len(replaced),
+                "" if len(replaced) == 1 else "s", where)
+
+
 def prepare(config: PrepareConfig) -> dict:
     """Run the whole preparation; return the meta.json content. Raises DataError on bad input."""
     out_dir = Path(config.out_dir)
@@ -171,7 +184,8 @@ def prepare(config: PrepareConfig) -> dict:
         log.info("%s is up to date with these inputs; nothing to do (pass --force to redo it)", out_dir)
         return json.loads((out_dir / "meta.json").read_text())
     _check_writable(out_dir)
-    splits, source = _splits(config, out_dir)
+    replaced: set = set()  # (file, byte offset) of each invalid UTF-8 sequence replaced (--errors replace)
+    splits, source = _splits(config, out_dir, replaced)
     tokenizer, start = Tokenizer(), time.perf_counter()
     meta: dict = {}
     staged = [(s.out.with_name(f".{s.out.name}.tmp-{os.getpid()}"), s.out) for s in splits]
@@ -189,6 +203,9 @@ def prepare(config: PrepareConfig) -> dict:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
+    if replaced:
+        report_replaced(replaced)
+        meta["utf8_replaced"] = len(replaced)
     meta.update(dtype=np.dtype(DTYPE).name, tokenizer={"name": Tokenizer.name, "sha256": Tokenizer.sha256},
                 source=source, fingerprint=fingerprint, seconds=round(seconds, 2),
                 written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from tinygpt.training.budget import TimeBudget, format_duration
-from tinygpt.sharing.checkpoint import load_checkpoint, save_checkpoint
+from tinygpt.sharing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.device import pick_device, pick_dtype
 from tinygpt.training.distributed import DistInfo, any_across, from_main, init_distributed, mean_across
@@ -60,6 +60,9 @@ class Trainer:
         self.max_iters = config.max_iters  # a time budget replaces it with what fits
         last = self.out_dir / "last"
         if config.resume:
+            if not (last / "config.json").is_file():
+                raise CheckpointError(f"nothing to resume: {last} holds no checkpoint (a run saves one at each "
+                                      f"evaluation); start without --resume, or point --out-dir at a run's folder")
             model, info = load_checkpoint(last, self.device)  # the saved shape wins over flags
             model_config = model.config
         self.train_data = TokenDataset(Path(config.data_dir) / "train.bin", model_config.block_size)
