@@ -119,6 +119,7 @@ def test_errors_replace_reports_every_bad_sequence_once_at_the_end(tmp_path, cap
     carve out validation), or one in the middle of the progress bar instead of after it."""
     p = tmp_path / "bad2.txt"
     p.write_bytes(b"A good story.\n<|endoftext|>\nA bad \xff story with \xfe\xfe two.\n<|endoftext|>\n")
+    caplog.set_level(logging.INFO)
     assert run(tmp_path, "--train-files", p, "--val-fraction", "0.5", "--errors", "replace") == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"replaced 3 invalid UTF-8 sequences with U+FFFD: {p} at byte offsets 34, 47, 48"]
