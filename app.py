@@ -8,10 +8,10 @@ import logging
 import os
 import sys
 
-from tinygpt.sharing.checkpoint import CheckpointError
 from tinygpt.playground.ui import build_demo
 from tinygpt.inference.quantize import PRECISIONS
-from tinygpt.playground.serving import ServeConfig, load_for_serving, resolve_source
+from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.serving import ServeConfig
 
 log = logging.getLogger("app")
 
@@ -19,9 +19,12 @@ log = logging.getLogger("app")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
     p = argparse.ArgumentParser(description="Serve the TinyGPT story playground.")
-    p.add_argument("--checkpoint", default=env.get("TINYGPT_CHECKPOINT"),
-                   help="checkpoint directory or Hub repo id USER/NAME (default: $TINYGPT_CHECKPOINT, else out/best, "
-                        "else $TINYGPT_HUB_REPO, else the shipped model)")
+    p.add_argument("--checkpoint", help="checkpoint directory or Hub repo id USER/NAME; if it cannot be loaded, "
+                   "the app exits (default: $TINYGPT_CHECKPOINT, else out/best, else $TINYGPT_HUB_REPO, else the "
+                   "shipped model; a broken one of those is explained on the page)")
+    p.add_argument("--compare", nargs="*", metavar="CHECKPOINT", default=_split(env.get("TINYGPT_COMPARE", "")),
+                   help="more models (directories or Hub repo ids) visitors may pick in the Compare tab "
+                        "(default: $TINYGPT_COMPARE, comma-separated)")
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
@@ -43,20 +46,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    return ServeConfig(checkpoint=args.checkpoint, hub_repo=os.environ.get("TINYGPT_HUB_REPO"),
-                       precision=args.precision, compile=args.compile, concurrency=args.concurrency,
-                       max_queue=args.max_queue)
+    return ServeConfig(checkpoint=args.checkpoint or os.environ.get("TINYGPT_CHECKPOINT"),
+                       hub_repo=os.environ.get("TINYGPT_HUB_REPO"), precision=args.precision, compile=args.compile,
+                       concurrency=args.concurrency, max_queue=args.max_queue, compare=tuple(args.compare))
 
 
 def load_demo(config: ServeConfig):
-    source, loaded = resolve_source(config), None
-    if source:
-        try:
-            loaded = load_for_serving(source, precision=config.precision, compile=config.compile)
-        except CheckpointError as e:
-            log.error("%s", e)  # the page then says how to get a working model
-    return build_demo(loaded, concurrency=config.concurrency, max_queue=config.max_queue)
+    registry = ModelRegistry(config)
+    return build_demo(registry, concurrency=config.concurrency, max_queue=config.max_queue), registry
 
 
 def setup_logging() -> None:
@@ -68,15 +70,26 @@ def __getattr__(name: str):
     """`gradio app.py` imports this module and reads `demo`: build it then, not at every import."""
     if name == "demo":
         setup_logging()
-        return load_demo(serve_config(parse_args()))
+        return load_demo(serve_config(parse_args()))[0]
     raise AttributeError(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    demo = load_demo(serve_config(args))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo, registry = load_demo(serve_config(args))
+    if args.checkpoint and registry.served is None:  # the operator named this model: stop, and say why
+        print(f"app.py: error: {registry.problem_plain}", file=sys.stderr)
+        return 2
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                prevent_thread_lock=True)
+    host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+    print(f"TinyGPT playground: http://{host}:{demo.server_port}/" + (f"  (public: {demo.share_url})" if
+          demo.share_url else "") + "  — Ctrl-C to stop", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

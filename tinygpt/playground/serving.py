@@ -41,6 +41,7 @@ class ServeConfig:
     compile: bool = True  # torch.compile the decode step (falls back to eager if compiling fails)
     concurrency: int = 4  # stories generated at once
     max_queue: int = 64  # requests waiting beyond those
+    compare: tuple[str, ...] = ()  # --compare: more models (paths or repo ids) visitors may pick side by side
 
 
 @dataclass

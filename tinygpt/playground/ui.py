@@ -1,18 +1,19 @@
-"""The Gradio story playground: prompt and sampling controls, the story streaming in token by token,
-and "what the model was thinking": each token shaded by its probability, its alternatives on click."""
+"""The Gradio story playground: prompt and sampling controls, the story streaming in token by token, "what the
+model was thinking" (each token shaded by its probability, its alternatives on click), and a compare tab that
+streams two stories at once from one prompt and seed, with two sets of settings or two models."""
 from __future__ import annotations
 
-import logging
+import secrets
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import gradio as gr
 
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.inference.story import StorySnapshot, stream_story
-
-log = logging.getLogger(__name__)
+from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.serving import HOW_TO_GET_A_MODEL
+from tinygpt.playground.views import alternatives_table, model_card, request_params, stats_line, token_view
 
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
             "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
@@ -23,138 +24,204 @@ INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
 
 
-TRAIN_YOUR_OWN = ("**Train a better one:** `python prepare_data.py` (TinyStories from the Hub, or `--train-files`), "
-                  "then `python train.py --preset cpu --time-budget 60m` on a CPU, or `python train.py` (the 30M "
-                  "reference model) on a GPU; restart the app and it serves `out/best`.")
+class RawSlider(gr.Slider):
+    """A slider whose value reaches our code as sent: a bad API value then gets SamplingParams' one-line
+    message instead of Gradio's bounds check (and its traceback in the server log). A template, as Gradio
+    calls a subclass that keeps its parent's front end."""
+
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201 - Gradio's signature
+        return payload
 
 
-def model_card(loaded: LoadedModel | None) -> str:
-    if loaded is None:
-        return HOW_TO_GET_A_MODEL
-    c, meta = loaded.model.config, loaded.info.get("metadata", {})
-    tokens = meta.get("tokens_seen")
-    val = next((meta[k] for k in ("shipped_val_loss", "val_loss_all", "val_loss") if meta.get(k) is not None), None)
-    vocab = f", {c.kept_tokens:,} token ids of its own (the rest share one)" if c.kept_tokens else ""
-    rows = [("model", "the one that ships with TinyGPT" if loaded.shipped else f"`{loaded.source}`"),
-            ("parameters", f"{loaded.num_params / 1e6:.1f}M"), ("serving precision", loaded.precision),
-            ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens{vocab}"),
-            ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
-            ("validation loss", f"{val:.3f} nats/token" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
-    if recipe := meta.get("recipe"):
-        rows.append(("how it was trained", recipe))
-    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return table + "\n\n" + TRAIN_YOUR_OWN
+class RawNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201
+        return payload
 
 
-def stats_line(update: StorySnapshot) -> str:
-    line = f"**{update.n_tokens}** tokens · **{update.tokens_per_sec:.1f}** tokens/s · seed {update.seed}"
-    return "  \n".join([line, *(f"ℹ️ {n}" for n in update.notices)])
+class RawDropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201 - compare() checks the label itself
+        return payload
 
 
-def request_params(temperature: float, top_k: int, top_p: float, max_new_tokens: int,
-                   seed: float | None) -> SamplingParams:
-    """The page's (or the API's) values as SamplingParams; ValueError with the reason when one is not valid."""
-    if seed is None or seed == -1:
-        seed = None  # random, and the one drawn is shown
-    elif not isinstance(seed, (int, float)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be -1 (random) or an integer >= 0, got {seed!r}")
-    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=seed)
+def throttled(snaps: Iterable) -> Iterator:
+    """At most ~30 page updates a second (looks live, leaves the CPU to the model), and always the last."""
+    last_sent, item, held = 0.0, None, False
+    for item in snaps:
+        now = time.perf_counter()
+        held = now - last_sent < UPDATE_INTERVAL_S
+        if not held:
+            last_sent = now
+            yield item
+    if held:
+        yield item
 
 
-def make_generate(loaded: LoadedModel | None):
+def checked_params(*values: object) -> SamplingParams:
+    try:
+        return request_params(*values)
+    except ValueError as e:  # bad values sent through the API: one clear message, no server traceback
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def make_generate(registry: ModelRegistry):
     def generate_story(prompt: str, temperature: float, top_k: int, top_p: float, max_new_tokens: int,
                        seed: float | None) -> Iterator[tuple]:
+        params, loaded = checked_params(temperature, top_k, top_p, max_new_tokens, seed), registry.served
         if loaded is None:
             raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
-        try:
-            params = request_params(temperature, top_k, top_p, max_new_tokens, seed)
-        except ValueError as e:  # out-of-range settings sent through the API
-            raise gr.Error(str(e), print_exception=False) from None
-        now = last = 0.0
-        snap = None
-        for snap in stream_story(loaded.engine, loaded.tokenizer, prompt, params):
-            now = time.perf_counter()  # at most ~30 page updates a second: looks live, leaves the CPU to the model
-            if now - last >= UPDATE_INTERVAL_S:
-                last = now
-                yield snap.text, stats_line(snap), list(snap.pieces), snap.alternatives
-        if snap is not None and now != last:  # the final state, if it was held back
-            yield snap.text, stats_line(snap), list(snap.pieces), snap.alternatives
+        for snap in throttled(stream_story(loaded.engine, loaded.tokenizer, prompt, params)):
+            yield snap.text, stats_line(snap), *token_view(snap)
 
     return generate_story
 
 
-def show_alternatives(alternatives: list, evt: gr.SelectData) -> dict:
-    """The top candidates at the clicked token's position."""
-    i = evt.index if isinstance(evt.index, int) else evt.index[0]
-    if not alternatives or i >= len(alternatives):
-        return {}
-    return {repr(text): prob for text, prob in alternatives[i]}
+def side_by_side(a: Iterator[StorySnapshot], b: Iterator[StorySnapshot]) -> Iterator[tuple]:
+    """Both streams advanced a token at a time, in turn: (latest of a, latest of b) after each round."""
+    streams: list = [a, b]
+    latest: list = [None, None]
+    while any(streams):
+        for i, stream in enumerate(streams):
+            if stream is not None and (snap := next(stream, None)) is not None:
+                latest[i] = snap
+            else:
+                streams[i] = None
+        if latest[0] is not None and latest[1] is not None:
+            yield tuple(latest)
 
 
-def slider(name: str, **kwargs) -> gr.Slider:
+def make_compare(registry: ModelRegistry):
+    def compare(prompt: str, seed: float | None, max_new_tokens: int, model_a: str, temperature_a: float,
+                top_k_a: int, top_p_a: float, model_b: str, temperature_b: float, top_k_b: int,
+                top_p_b: float) -> Iterator[tuple]:
+        seed = secrets.randbelow(2**31) if seed is None or seed == -1 else seed  # one seed for both sides
+        sides = []
+        for label, t, k, p in ((model_a, temperature_a, top_k_a, top_p_a), (model_b, temperature_b, top_k_b, top_p_b)):
+            params = checked_params(t, k, p, max_new_tokens, seed)
+            if label not in registry.models:
+                raise gr.Error(f"model must be one of {registry.labels()}, got {label!r}", print_exception=False)
+            loaded = registry.models[label]
+            sides.append(stream_story(loaded.engine, loaded.tokenizer, prompt, params))
+        for a, b in throttled(side_by_side(*sides)):
+            yield a.text, stats_line(a), *token_view(a), b.text, stats_line(b), *token_view(b)
+
+    return compare
+
+
+def slider(name: str, suffix: str = "", **kwargs) -> gr.Slider:
     """A slider whose range, step and default are SamplingParams' own (so the page and the API agree)."""
     lim = SamplingParams.limits()[name]
-    label = f"{lim['label']} ({lim['info']})" if lim["info"] else lim["label"]
-    return gr.Slider(*lim["range"], value=lim["default"], step=lim["step"], label=label, **kwargs)
+    label = (f"{lim['label']} ({lim['info']})" if lim["info"] else lim["label"]) + suffix
+    kwargs.setdefault("value", lim["default"])
+    return RawSlider(*lim["range"], step=lim["step"], label=label, **kwargs)
 
 
-def controls() -> list:
-    prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
-    with gr.Accordion("Sampling settings", open=True):
-        temperature = slider("temperature", elem_id="temperature")
-        top_k = slider("top_k")
-        top_p = slider("top_p")
-        max_new = slider("max_new_tokens", elem_id="max-new")
-        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)")
-    return [prompt, temperature, top_k, top_p, max_new, seed]
+def seed_box(**kwargs) -> gr.Number:
+    return RawNumber(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)", **kwargs)
 
 
-def output_column(loaded: LoadedModel | None) -> tuple:
-    """The story, its stats, the token-probability view with alternatives, and the model card."""
-    story = gr.Textbox(label="Story", lines=12, interactive=False, elem_id="story")
-    stats = gr.Markdown(elem_id="stats")
-    with gr.Accordion("What the model was thinking", open=True):
-        gr.Markdown("Each generated token is shaded by the probability the model gave it (darker = more "
-                    "confident). Click a token to see the alternatives it considered there.")
-        thinking = gr.HighlightedText(label="Token probabilities", show_legend=False,
-                                      show_inline_category=False, elem_id="thinking")
-        alternatives = gr.Label(label="Alternatives at the clicked token", num_top_classes=5,
-                                elem_id="alternatives")
-    with gr.Accordion("Model card", open=loaded is None):
-        gr.Markdown(model_card(loaded))
-        if loaded is not None and loaded.loss_png:
-            gr.Image(str(loaded.loss_png), label="Loss curve", show_label=True, interactive=False)
-    return story, stats, thinking, alternatives
+def show_alternatives(view: tuple, evt: gr.SelectData) -> str:
+    """The clicked token, marked among the alternatives the model considered there."""
+    return alternatives_table(view, evt.index if isinstance(evt.index, int) else evt.index[0])
 
 
-def build_demo(loaded: LoadedModel | None, concurrency: int = 4, max_queue: int = 64) -> gr.Blocks:
-    """The whole page; `loaded` None shows how to get a model instead of failing. `concurrency` stories are
-    generated at once; `max_queue` more requests wait."""
+def token_panel(suffix: str = "") -> tuple:
+    """The story, its stats, the shaded tokens, and the alternatives at a clicked token."""
+    story = gr.Textbox(label="Story", lines=10, interactive=False, elem_id=f"story{suffix}")
+    stats = gr.Markdown(elem_id=f"stats{suffix}")
+    thinking = gr.HighlightedText(label="Token probabilities (darker = more confident; click one)",
+                                  show_legend=False, show_inline_category=False, elem_id=f"thinking{suffix}")
+    alternatives = gr.Markdown(elem_id=f"alternatives{suffix}")
+    view = gr.State(())
+    thinking.select(show_alternatives, inputs=[view], outputs=[alternatives], api_visibility="private")
+    return story, stats, thinking, view, alternatives
+
+
+def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
+    go = gr.Button(label, variant="primary", elem_id=f"generate{suffix}")
+    stop = gr.Button("Stop", variant="stop", elem_id=f"stop{suffix}", interactive=False)  # active while a story runs
+    return go, stop
+
+
+def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str, concurrency: int,
+         also: list | None = None) -> None:
+    """go (or Enter in `also`) runs fn streaming into outputs; Stop is active only meanwhile and cancels it."""
+    busy = (gr.update(interactive=False), gr.update(interactive=True))
+    idle = (gr.update(interactive=True), gr.update(interactive=False))
+    runs = []
+    for i, trigger in enumerate([go.click, *(also or [])]):
+        started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
+        run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=concurrency,
+                           concurrency_id="generate", show_progress="hidden",
+                           **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
+        run.then(lambda: idle, outputs=[go, stop], queue=False, api_visibility="private")
+        runs.append(run)
+    stop.click(lambda: idle, outputs=[go, stop], cancels=runs, queue=False, api_visibility="private")
+
+
+def story_tab(registry: ModelRegistry, concurrency: int) -> gr.Button:
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
+            with gr.Accordion("Sampling settings", open=True):
+                inputs = [prompt, slider("temperature", elem_id="temperature"), slider("top_k"), slider("top_p"),
+                          slider("max_new_tokens", elem_id="max-new"), seed_box()]
+            with gr.Row():
+                go, stop = run_buttons("Generate")
+            gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
+        with gr.Column(scale=3):
+            story, stats, thinking, view, alternatives = token_panel()
+    wire(go, stop, make_generate(registry), inputs, [story, stats, thinking, view], "generate", concurrency,
+         also=[prompt.submit])
+    return go
+
+
+def compare_tab(registry: ModelRegistry, concurrency: int) -> None:
+    labels = registry.labels()
+    gr.Markdown("One prompt and seed, two stories at once: two sets of settings, or two models"
+                + ("." if len(labels) > 1 else " (start the app with `--compare PATH_OR_REPO` to offer more)."))
+    prompt = gr.Textbox(label="Story start", value=EXAMPLES[0], lines=2, elem_id="compare-prompt")
+    with gr.Row():
+        seed, max_new = seed_box(), slider("max_new_tokens", value=120, elem_id="compare-max-new")
+    sides, panels = [], []
+    for side in ("a", "b"):
+        with gr.Column():
+            model = RawDropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
+                                elem_id=f"model-{side}")
+            sides += [model, slider("temperature", elem_id=f"temperature-{side}",
+                                    value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
+            panels += list(token_panel(f"-{side}")[:4])
+    with gr.Row():
+        go, stop = run_buttons("Compare", "-compare")
+    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", concurrency)
+
+
+def build_demo(registry: ModelRegistry, concurrency: int = 4, max_queue: int = 64) -> gr.Blocks:
+    """The whole page. With no model, it says how to get one; with a broken one, what is wrong with it.
+    `concurrency` stories are generated at once; `max_queue` more requests wait."""
     with gr.Blocks(title="TinyGPT story playground") as demo:
         gr.Markdown(INTRO)
-        if loaded is None:
-            gr.Markdown(HOW_TO_GET_A_MODEL, elem_id="no-model")
-        with gr.Row():
-            with gr.Column(scale=2):
-                inputs = controls()
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="generate", interactive=loaded is not None)
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                    clear = gr.Button("Clear", elem_id="clear")
-                gr.Examples(EXAMPLES, inputs=[inputs[0]], label="Try a beginning")
-            with gr.Column(scale=3):
-                story, stats, thinking, alternatives = output_column(loaded)
-        alts = gr.State([])
-        outputs = [story, stats, thinking, alts]
-        fn = make_generate(loaded)
-        common = dict(fn=fn, inputs=inputs, outputs=outputs, concurrency_limit=concurrency,
-                      concurrency_id="generate", show_progress="hidden")
-        click = go.click(api_name="generate", **common)
-        enter = inputs[0].submit(api_visibility="private", **common)
-        stop.click(None, cancels=[click, enter], api_visibility="private")
-        clear.click(lambda: ("", "", "", [], [], None), outputs=[inputs[0], story, stats, thinking, alts, alternatives],
-                    api_visibility="private")
-        thinking.select(show_alternatives, inputs=[alts], outputs=[alternatives], api_visibility="private")
+        problem = gr.Markdown(registry.problem or "", visible=registry.problem is not None, elem_id="problem")
+        with gr.Tab("Story"):
+            go = story_tab(registry, concurrency)
+        with gr.Tab("Compare"):
+            compare_tab(registry, concurrency)
+        with gr.Accordion("Model card", open=registry.served is None):
+            card = gr.Markdown(model_card(registry.served), elem_id="model-card")
+            served = registry.served
+            if served is not None and served.loss_png:
+                gr.Image(str(served.loss_png), label="Loss curve", show_label=True, interactive=False)
+
+        def on_load() -> tuple:
+            registry.refresh()  # a model trained since start-up is served from this visit on
+            return (gr.update(value=registry.problem or "", visible=registry.problem is not None),
+                    model_card(registry.served), gr.update(interactive=registry.served is not None))
+
+        demo.load(on_load, outputs=[problem, card, go], queue=False, api_visibility="private")
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
     return demo

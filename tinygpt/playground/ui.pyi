@@ -1,0 +1,238 @@
+"""The Gradio story playground: prompt and sampling controls, the story streaming in token by token, "what the
+model was thinking" (each token shaded by its probability, its alternatives on click), and a compare tab that
+streams two stories at once from one prompt and seed, with two sets of settings or two models."""
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Iterable, Iterator
+
+import gradio as gr
+
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import StorySnapshot, stream_story
+from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.serving import HOW_TO_GET_A_MODEL
+from tinygpt.playground.views import alternatives_table, model_card, request_params, stats_line, token_view
+
+EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
+            "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
+            "Ben had a red ball. He"]
+UPDATE_INTERVAL_S = 1 / 30
+INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
+         "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
+         "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
+
+from gradio.events import Dependency
+
+class RawSlider(gr.Slider):
+    """A slider whose value reaches our code as sent: a bad API value then gets SamplingParams' one-line
+    message instead of Gradio's bounds check (and its traceback in the server log). A template, as Gradio
+    calls a subclass that keeps its parent's front end."""
+
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201 - Gradio's signature
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawDropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201 - compare() checks the label itself
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def throttled(snaps: Iterable) -> Iterator:
+    """At most ~30 page updates a second (looks live, leaves the CPU to the model), and always the last."""
+    last_sent, item, held = 0.0, None, False
+    for item in snaps:
+        now = time.perf_counter()
+        held = now - last_sent < UPDATE_INTERVAL_S
+        if not held:
+            last_sent = now
+            yield item
+    if held:
+        yield item
+
+
+def checked_params(*values: object) -> SamplingParams:
+    try:
+        return request_params(*values)
+    except ValueError as e:  # bad values sent through the API: one clear message, no server traceback
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def make_generate(registry: ModelRegistry):
+    def generate_story(prompt: str, temperature: float, top_k: int, top_p: float, max_new_tokens: int,
+                       seed: float | None) -> Iterator[tuple]:
+        params, loaded = checked_params(temperature, top_k, top_p, max_new_tokens, seed), registry.served
+        if loaded is None:
+            raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
+        for snap in throttled(stream_story(loaded.engine, loaded.tokenizer, prompt, params)):
+            yield snap.text, stats_line(snap), *token_view(snap)
+
+    return generate_story
+
+
+def side_by_side(a: Iterator[StorySnapshot], b: Iterator[StorySnapshot]) -> Iterator[tuple]:
+    """Both streams advanced a token at a time, in turn: (latest of a, latest of b) after each round."""
+    streams: list = [a, b]
+    latest: list = [None, None]
+    while any(streams):
+        for i, stream in enumerate(streams):
+            if stream is not None and (snap := next(stream, None)) is not None:
+                latest[i] = snap
+            else:
+                streams[i] = None
+        if latest[0] is not None and latest[1] is not None:
+            yield tuple(latest)
+
+
+def make_compare(registry: ModelRegistry):
+    def compare(prompt: str, seed: float | None, max_new_tokens: int, model_a: str, temperature_a: float,
+                top_k_a: int, top_p_a: float, model_b: str, temperature_b: float, top_k_b: int,
+                top_p_b: float) -> Iterator[tuple]:
+        seed = secrets.randbelow(2**31) if seed is None or seed == -1 else seed  # one seed for both sides
+        sides = []
+        for label, t, k, p in ((model_a, temperature_a, top_k_a, top_p_a), (model_b, temperature_b, top_k_b, top_p_b)):
+            params = checked_params(t, k, p, max_new_tokens, seed)
+            if label not in registry.models:
+                raise gr.Error(f"model must be one of {registry.labels()}, got {label!r}", print_exception=False)
+            loaded = registry.models[label]
+            sides.append(stream_story(loaded.engine, loaded.tokenizer, prompt, params))
+        for a, b in throttled(side_by_side(*sides)):
+            yield a.text, stats_line(a), *token_view(a), b.text, stats_line(b), *token_view(b)
+
+    return compare
+
+
+def slider(name: str, suffix: str = "", **kwargs) -> gr.Slider:
+    """A slider whose range, step and default are SamplingParams' own (so the page and the API agree)."""
+    lim = SamplingParams.limits()[name]
+    label = (f"{lim['label']} ({lim['info']})" if lim["info"] else lim["label"]) + suffix
+    return RawSlider(*lim["range"], value=lim["default"], step=lim["step"], label=label, **kwargs)
+
+
+def seed_box(**kwargs) -> gr.Number:
+    return RawNumber(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)", **kwargs)
+
+
+def token_panel(suffix: str = "") -> tuple:
+    """The story, its stats, the shaded tokens, and the alternatives at a clicked token."""
+    story = gr.Textbox(label="Story", lines=10, interactive=False, elem_id=f"story{suffix}")
+    stats = gr.Markdown(elem_id=f"stats{suffix}")
+    thinking = gr.HighlightedText(label="Token probabilities (darker = more confident; click one)",
+                                  show_legend=False, show_inline_category=False, elem_id=f"thinking{suffix}")
+    alternatives = gr.Markdown(elem_id=f"alternatives{suffix}")
+    view = gr.State(())
+    thinking.select(lambda v, evt: alternatives_table(v, evt.index if isinstance(evt.index, int) else evt.index[0]),
+                    inputs=[view], outputs=[alternatives], api_visibility="private")
+    return story, stats, thinking, view, alternatives
+
+
+def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
+    go = gr.Button(label, variant="primary", elem_id=f"generate{suffix}")
+    stop = gr.Button("Stop", variant="stop", elem_id=f"stop{suffix}", interactive=False)  # active while a story runs
+    return go, stop
+
+
+def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str, concurrency: int,
+         also: list | None = None) -> None:
+    """go (or Enter in `also`) runs fn streaming into outputs; Stop is active only meanwhile and cancels it."""
+    busy = (gr.update(interactive=False), gr.update(interactive=True))
+    idle = (gr.update(interactive=True), gr.update(interactive=False))
+    runs = []
+    for i, trigger in enumerate([go.click, *(also or [])]):
+        started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
+        run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=concurrency,
+                           concurrency_id="generate", show_progress="hidden",
+                           **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
+        run.then(lambda: idle, outputs=[go, stop], queue=False, api_visibility="private")
+        runs.append(run)
+    stop.click(lambda: idle, outputs=[go, stop], cancels=runs, queue=False, api_visibility="private")
+
+
+def story_tab(registry: ModelRegistry, concurrency: int) -> gr.Button:
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
+            with gr.Accordion("Sampling settings", open=True):
+                inputs = [prompt, slider("temperature", elem_id="temperature"), slider("top_k"), slider("top_p"),
+                          slider("max_new_tokens", elem_id="max-new"), seed_box()]
+            with gr.Row():
+                go, stop = run_buttons("Generate")
+            gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
+        with gr.Column(scale=3):
+            story, stats, thinking, view, alternatives = token_panel()
+    wire(go, stop, make_generate(registry), inputs, [story, stats, thinking, view], "generate", concurrency,
+         also=[prompt.submit])
+    return go
+
+
+def compare_tab(registry: ModelRegistry, concurrency: int) -> None:
+    labels = registry.labels()
+    gr.Markdown("One prompt and seed, two stories at once: two sets of settings, or two models"
+                + ("." if len(labels) > 1 else " (start the app with `--compare PATH_OR_REPO` to offer more)."))
+    prompt = gr.Textbox(label="Story start", value=EXAMPLES[0], lines=2, elem_id="compare-prompt")
+    with gr.Row():
+        seed, max_new = seed_box(), slider("max_new_tokens", value=120, elem_id="compare-max-new")
+    sides, panels = [], []
+    for side in ("a", "b"):
+        with gr.Column():
+            model = RawDropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
+                                elem_id=f"model-{side}")
+            sides += [model, slider("temperature", elem_id=f"temperature-{side}",
+                                    value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
+            panels += list(token_panel(f"-{side}")[:4])
+    with gr.Row():
+        go, stop = run_buttons("Compare", "-compare")
+    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", concurrency)
+
+
+def build_demo(registry: ModelRegistry, concurrency: int = 4, max_queue: int = 64) -> gr.Blocks:
+    """The whole page. With no model, it says how to get one; with a broken one, what is wrong with it.
+    `concurrency` stories are generated at once; `max_queue` more requests wait."""
+    with gr.Blocks(title="TinyGPT story playground") as demo:
+        gr.Markdown(INTRO)
+        problem = gr.Markdown(registry.problem or "", visible=registry.problem is not None, elem_id="problem")
+        with gr.Tab("Story"):
+            go = story_tab(registry, concurrency)
+        with gr.Tab("Compare"):
+            compare_tab(registry, concurrency)
+        with gr.Accordion("Model card", open=registry.served is None):
+            card = gr.Markdown(model_card(registry.served), elem_id="model-card")
+            served = registry.served
+            if served is not None and served.loss_png:
+                gr.Image(str(served.loss_png), label="Loss curve", show_label=True, interactive=False)
+
+        def on_load() -> tuple:
+            registry.refresh()  # a model trained since start-up is served from this visit on
+            return (gr.update(value=registry.problem or "", visible=registry.problem is not None),
+                    model_card(registry.served), gr.update(interactive=registry.served is not None))
+
+        demo.load(on_load, outputs=[problem, card, go], queue=False, api_visibility="private")
+    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
+    return demo

@@ -1,0 +1,70 @@
+"""What the playground shows, as text: the model card, the stats line, the alternatives at a clicked token, and
+turning the page's (or the API's) values into SamplingParams with one clear message for a bad one."""
+from __future__ import annotations
+
+import math
+
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import TOP_ALTERNATIVES, StorySnapshot
+from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
+
+TRAIN_YOUR_OWN = ("**Train a better one:** `python prepare_data.py` (TinyStories from the Hub, or `--train-files`), "
+                  "then `python train.py --preset cpu --time-budget 60m` on a CPU, or `python train.py` (the 30M "
+                  "reference model) on a GPU; reload this page and it serves `out/best`.")
+
+
+def model_card(loaded: LoadedModel | None) -> str:
+    if loaded is None:
+        return HOW_TO_GET_A_MODEL
+    c, meta = loaded.model.config, loaded.info.get("metadata", {})
+    tokens = meta.get("tokens_seen")
+    val = next((meta[k] for k in ("shipped_val_loss", "val_loss_all", "val_loss") if meta.get(k) is not None), None)
+    vocab = f", {c.kept_tokens:,} token ids of its own (the rest share one)" if c.kept_tokens else ""
+    rows = [("model", "the one that ships with TinyGPT" if loaded.shipped else f"`{loaded.source}`"),
+            ("parameters", f"{loaded.num_params / 1e6:.1f}M"), ("serving precision", loaded.precision),
+            ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens{vocab}"),
+            ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
+            ("validation loss", f"{val:.3f} nats/token" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
+    if recipe := meta.get("recipe"):
+        rows.append(("how it was trained", recipe))
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return table + "\n\n" + TRAIN_YOUR_OWN
+
+
+def stats_line(snap: StorySnapshot) -> str:
+    """Tokens shown (<|endoftext|> is not shown, so not counted), speed, seed, and any notices."""
+    line = f"**{len(snap.pieces)}** tokens · **{snap.tokens_per_sec:.1f}** tokens/s · seed {snap.seed}"
+    return "  \n".join([line, *(f"ℹ️ {n}" for n in snap.notices)])
+
+
+def token_view(snap: StorySnapshot) -> tuple[list, tuple]:
+    """(pieces for gr.HighlightedText, what a click needs: each piece with its alternatives and rank)."""
+    return list(snap.pieces), tuple(zip(snap.pieces, snap.alternatives, snap.chosen_rank))
+
+
+def alternatives_table(view: tuple, i: int) -> str:
+    """Markdown for the i-th generated token: the token picked (its probability and rank) and the top
+    alternatives the model considered there, the picked one marked."""
+    if not view or not 0 <= i < len(view):
+        return ""
+    (text, prob), alts, rank = view[i]
+    where = f"rank {rank + 1} of the top {len(alts)}" if rank >= 0 else f"not in the top {TOP_ALTERNATIVES}"
+    rows = [f"| {'**→**' if r == rank else ''} | `{a!r}` | {p:.1%} |" for r, (a, p) in enumerate(alts)]
+    if rank < 0:
+        rows.append(f"| **→** | `{text!r}` | {prob:.1%} |")
+    return (f"**Token {i + 1}: `{text!r}`**, picked with probability {prob:.1%} ({where})\n\n"
+            "| picked | token | probability |\n|---|---|---|\n" + "\n".join(rows))
+
+
+def request_params(temperature: object, top_k: object, top_p: object, max_new_tokens: object,
+                   seed: object) -> SamplingParams:
+    """The page's (or the API's) raw values as SamplingParams; ValueError naming the first bad one."""
+    if seed is None or seed == -1:
+        seed = None  # random, and the one drawn is shown
+    elif isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed) or seed < 0 \
+            or seed != int(seed):
+        raise ValueError(f"seed must be -1 (random) or an integer >= 0, got {seed!r}")
+    else:
+        seed = int(seed)
+    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                          seed=seed)
