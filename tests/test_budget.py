@@ -32,6 +32,7 @@ def test_steps_that_fit_leave_room_for_evals_and_the_final_one():
     assert budget.steps_that_fit(0.5, eval_every=10) in (127, 128)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_ends_on_time_with_a_final_eval(token_data, tmp_path):
     """Catches a budget that is ignored (max_iters 100000 would run for minutes), an LR that does not decay to
     the end, or a run that ends without its final evaluation and checkpoint."""

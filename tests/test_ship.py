@@ -86,6 +86,7 @@ def test_the_shipped_model_is_small_enough_for_a_space():
 
 @pytest.mark.skipif(not (SHIPPED_MODEL / "config.json").exists() or not VALID.exists(),
                     reason="needs the shipped model and ../shared/data/tinystories/valid.txt")
+@pytest.mark.slow
 def test_the_shipped_models_recorded_loss_is_what_it_scores(tmp_path):
     """Catches a stale or hand-edited figure: the loss in config.json is recomputed from valid.txt."""
     from tinygpt.data.prepare import PrepareConfig, prepare

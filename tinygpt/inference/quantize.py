@@ -119,6 +119,23 @@ def servable_precision(requested: str | None, device: torch.device) -> tuple[str
     return requested, None
 
 
+INT8_WIDTH_MULTIPLE = 16  # torch._weight_int8pack_mm crashes (segfault, torch 2.13) for other input widths
+
+
+def int8_or_bf16(linear: nn.Linear) -> nn.Module:
+    """Int8Linear where the kernel handles the input width; else a bf16 copy of the layer, with a warning."""
+    if linear.in_features % INT8_WIDTH_MULTIPLE == 0:
+        return Int8Linear(linear)
+    log.warning("int8 kernel needs input widths that are multiples of %d; a %d-wide layer stays bf16",
+                INT8_WIDTH_MULTIPLE, linear.in_features)
+    bf16 = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=torch.bfloat16)
+    with torch.no_grad():
+        bf16.weight.copy_(linear.weight)
+        if linear.bias is not None:
+            bf16.bias.copy_(linear.bias)
+    return bf16
+
+
 def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
     """A converted copy of `model` in eval mode for inference ('fp32', 'bf16', 'fp16', 'int8' or 'int4'); `model`
     is untouched. int8/int4 need a CPU model (servable_precision picks what a device can run)."""
@@ -132,11 +149,11 @@ def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
         int4 = precision == "int4" and int4_available(gpt.config.n_embd)
         # the head as its own copy: the embedding table stays as it was
-        head = Int4Head(gpt.lm_head.weight) if int4 else Int8Linear(gpt.lm_head)
+        head = Int4Head(gpt.lm_head.weight) if int4 else int8_or_bf16(gpt.lm_head)
         gpt = gpt.to(torch.bfloat16)
         for block in gpt.transformer.h:
             for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
                                  (block.mlp, "c_proj")):
-                setattr(parent, name, Int8Linear(getattr(parent, name)))
+                setattr(parent, name, int8_or_bf16(getattr(parent, name)))
         gpt.lm_head = head
     return gpt

@@ -61,9 +61,15 @@ class TrainConfig:
         return parse_duration(self.time_budget) if self.time_budget else None
 
     def grad_accum(self, block_size: int, world_size: int = 1) -> int:
-        """Micro-batches per optimizer step on each process to reach `tokens_per_step` (at least 1)."""
+        """Micro-batches per optimizer step on each process to reach exactly `tokens_per_step`. Raises ValueError
+        when it is not a whole number of micro-batches (rounding would silently change the global batch)."""
         per_micro = self.batch_size * block_size * world_size
-        return max(1, round(self.tokens_per_step / per_micro))
+        if self.tokens_per_step % per_micro:
+            lower = max(per_micro, self.tokens_per_step // per_micro * per_micro)
+            raise ValueError(f"--tokens-per-step {self.tokens_per_step} is not a whole number of micro-batches of "
+                             f"batch_size x block_size x processes = {self.batch_size} x {block_size} x {world_size} "
+                             f"= {per_micro} tokens; use {lower} or {lower + per_micro}, or change --batch-size")
+        return self.tokens_per_step // per_micro
 
 
 PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {

@@ -1,0 +1,106 @@
+"""The playground's logic without a server: which model it serves and why not, what the page says about a
+story and a clicked token, the API's values as settings, and two stories advanced side by side."""
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tinygpt import GPT, save_checkpoint
+from tinygpt.inference.story import StorySnapshot
+from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.serving import ServeConfig
+from tinygpt.playground.ui import side_by_side, throttled
+from tinygpt.playground.views import alternatives_table, request_params, stats_line, token_view
+from tinygpt.sharing.ship import SHIPPED_MODEL
+
+HAS_SHIPPED = (SHIPPED_MODEL / "config.json").exists()
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(GPT(TINY), tmp_path / "ckpt")
+
+
+def registry(tmp_path, **config):
+    return ModelRegistry(ServeConfig(compile=False, **config), default_dir=tmp_path / "out" / "best")
+
+
+@pytest.mark.skipif(not HAS_SHIPPED, reason="no shipped model in this checkout")
+def test_a_model_trained_after_start_up_is_served_on_the_next_page_load(tmp_path, ckpt):
+    reg = registry(tmp_path)
+    assert reg.served.shipped and not reg.refresh()  # nothing new yet
+    shutil.copytree(ckpt, tmp_path / "out" / "best")
+    assert reg.refresh() and reg.served.source == str(tmp_path / "out" / "best") and not reg.served.shipped
+    assert not reg.refresh()  # once
+
+
+@pytest.mark.skipif(not HAS_SHIPPED, reason="no shipped model in this checkout")
+def test_a_broken_default_model_is_explained_and_the_shipped_one_served(tmp_path, ckpt):
+    best = shutil.copytree(ckpt, tmp_path / "out" / "best")
+    (best / "config.json").write_text("{oops")
+    reg = registry(tmp_path)
+    assert reg.served.shipped
+    assert f"`{best}` could not be loaded" in reg.problem and "not valid JSON" in reg.problem
+
+
+def test_an_explicit_model_is_never_swapped_or_replaced(tmp_path, ckpt):
+    reg = registry(tmp_path, checkpoint=str(tmp_path / "missing"))
+    assert reg.served is None and "no such checkpoint directory" in reg.problem_plain
+    shutil.copytree(ckpt, tmp_path / "out" / "best")
+    assert not reg.refresh() and reg.served is None
+
+
+def test_compare_models_are_offered_by_label(tmp_path, ckpt):
+    other = shutil.copytree(ckpt, tmp_path / "other")
+    reg = registry(tmp_path, checkpoint=str(ckpt), compare=(str(other), str(tmp_path / "gone")))
+    assert reg.labels() == [str(ckpt), str(other)] and "gone" in reg.problem
+
+
+def snapshot() -> StorySnapshot:
+    return StorySnapshot(text="Once big", pieces=((" big", 0.25), ("!", 0.01)),
+                         alternatives=(((" little", 0.5), (" big", 0.25)), ((".", 0.6), (",", 0.3))),
+                         chosen_rank=(1, -1), n_tokens=3, tokens_per_sec=10.0, seed=4,
+                         notices=("The model ended the story (<|endoftext|>).",))
+
+
+def test_the_clicked_token_is_marked_with_its_probability_and_rank():
+    _, view = token_view(snapshot())
+    table = alternatives_table(view, 0)
+    assert table.startswith("**Token 1: `' big'`**, picked with probability 25.0% (rank 2 of the top 2)")
+    assert "| **→** | `' big'` | 25.0% |" in table and "|  | `' little'` | 50.0% |" in table
+    table = alternatives_table(view, 1)  # picked below the alternatives shown: added, marked
+    assert "not in the top" in table and table.rstrip().endswith("| **→** | `'!'` | 1.0% |")
+    assert alternatives_table(view, 5) == ""
+
+
+def test_the_count_is_of_tokens_shown():
+    assert stats_line(snapshot()).startswith("**2** tokens")  # 3 generated, <|endoftext|> not shown
+
+
+@pytest.mark.parametrize("values, message", [((0.8, 50, 0.9, 10, -5), "seed must be -1"),
+                                             ((0.8, 50, 0.9, 10, 1.5), "seed must be"),
+                                             ((0.8, 50, 0.9, 10, float("inf")), "seed must be"),
+                                             (("0.8", 50, 0.9, 10, 1), "temperature must be a number"),
+                                             ((0.8, None, 0.9, 10, 1), "top_k must be an integer"),
+                                             ((0.8, 50, float("nan"), 10, 1), "top_p must be a number")])
+def test_api_values_get_one_clear_message(values, message):
+    with pytest.raises(ValueError, match=message):
+        request_params(*values)
+
+
+def test_api_values_in_range_become_settings():
+    params = request_params(0.0, 50.0, 1, 10, 3.0)  # JSON numbers arrive as floats
+    assert (params.temperature, params.top_k, params.top_p, params.max_new_tokens, params.seed) == (0.0, 50, 1.0, 10, 3)
+    assert request_params(0.8, 50, 0.9, 10, -1).seed is None and request_params(0.8, 50, 0.9, 10, None).seed is None
+
+
+def test_side_by_side_takes_turns_and_runs_both_to_the_end():
+    a, b = iter(["a1", "a2", "a3"]), iter(["b1"])
+    assert list(side_by_side(a, b)) == [("a1", "b1"), ("a2", "b1"), ("a3", "b1"), ("a3", "b1")]
+
+
+def test_throttled_always_sends_the_last_update():
+    out = list(throttled(range(1000)))  # far faster than 30 a second
+    assert out[0] == 0 and out[-1] == 999 and len(out) < 50
