@@ -86,3 +86,17 @@ def test_unknown_config_field_is_refused(ckpt):
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="bad model config"):
         load_checkpoint(ckpt)
+
+
+def test_checkpoint_files_follow_the_umask(tiny_model, tmp_path):
+    """Catches 0600 files (safetensors' own writer, temporary names) that other users cannot read."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = save_checkpoint(tiny_model, tmp_path / "best")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {"config.json": 0o644,
+                                                                          "model.safetensors": 0o644}

@@ -32,6 +32,8 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     _as_created(tmp, 0o777)
     try:
         yield tmp
+        for path in tmp.rglob("*"):  # some writers (safetensors) create files 0600 whatever the umask
+            _as_created(path, 0o777 if path.is_dir() else 0o666)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
