@@ -171,12 +171,12 @@ def test_browser_generate_and_inspect_a_token(server):
             page.wait_for_timeout(100)
         assert len(set(lengths)) > 2 and lengths == sorted(lengths)
         assert stop_enabled, "Stop was never active while the story ran"
-        expect(page.locator("#stop")).to_be_disabled()  # ... and not after
+        expect(page.locator("#stop")).to_be_disabled(timeout=15_000)  # ... and not after
         assert story.input_value().startswith("Once upon a time, there was a cat")
         token = page.locator("#thinking .token").nth(3)
         token.click()
         panel = page.locator("#alternatives")
-        expect(panel).to_contain_text("Token 4:")
+        expect(panel).to_contain_text("Token 4:", timeout=15_000)
         expect(panel).to_contain_text("picked with probability")
         assert "→" in panel.inner_text()  # the picked token is marked in the table
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)

@@ -24,29 +24,12 @@ INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
 
 
-class RawSlider(gr.Slider):
-    """A slider whose value reaches our code as sent: a bad API value then gets SamplingParams' one-line
-    message instead of Gradio's bounds check (and its traceback in the server log). A template, as Gradio
-    calls a subclass that keeps its parent's front end."""
-
-    is_template = True
-
-    def preprocess(self, payload):  # noqa: ANN001, ANN201 - Gradio's signature
-        return payload
-
-
-class RawNumber(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload):  # noqa: ANN001, ANN201
-        return payload
-
-
-class RawDropdown(gr.Dropdown):
-    is_template = True
-
-    def preprocess(self, payload):  # noqa: ANN001, ANN201 - compare() checks the label itself
-        return payload
+def raw(component: gr.components.Component) -> gr.components.Component:
+    """`component` with its value passed to our code as sent: a bad API value then gets SamplingParams' one-line
+    message instead of Gradio's bounds check (and its traceback in the server log). Set on the instance: a
+    subclass would make Gradio write a .pyi stub beside this module at import."""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def throttled(snaps: Iterable) -> Iterator:
@@ -118,11 +101,11 @@ def slider(name: str, suffix: str = "", **kwargs) -> gr.Slider:
     lim = SamplingParams.limits()[name]
     label = (f"{lim['label']} ({lim['info']})" if lim["info"] else lim["label"]) + suffix
     kwargs.setdefault("value", lim["default"])
-    return RawSlider(*lim["range"], step=lim["step"], label=label, **kwargs)
+    return raw(gr.Slider(*lim["range"], step=lim["step"], label=label, **kwargs))
 
 
 def seed_box(**kwargs) -> gr.Number:
-    return RawNumber(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)", **kwargs)
+    return raw(gr.Number(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)", **kwargs))
 
 
 def show_alternatives(view: tuple, evt: gr.SelectData) -> str:
@@ -191,8 +174,8 @@ def compare_tab(registry: ModelRegistry, concurrency: int) -> None:
     sides, panels = [], []
     for side in ("a", "b"):
         with gr.Column():
-            model = RawDropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
-                                elem_id=f"model-{side}")
+            model = raw(gr.Dropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
+                                    elem_id=f"model-{side}"))
             sides += [model, slider("temperature", elem_id=f"temperature-{side}",
                                     value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
             panels += list(token_panel(f"-{side}")[:4])
