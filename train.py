@@ -11,13 +11,13 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tinygpt.sharing.checkpoint import CheckpointError
 from tinygpt.cli import add_dataclass_args, config_from_args
-from tinygpt.device import set_malloc_thresholds
-from tinygpt.training.distributed import cleanup_distributed, launch_info
-from tinygpt.model.gpt import GPTConfig
 from tinygpt.data.sources import DataError
+from tinygpt.device import set_malloc_thresholds
+from tinygpt.model.gpt import GPTConfig
+from tinygpt.sharing.checkpoint import CheckpointError
 from tinygpt.training.config import PRESETS, TrainConfig
+from tinygpt.training.distributed import cleanup_distributed, launch_info
 
 
 def parse(argv: list[str] | None) -> tuple[GPTConfig, TrainConfig]:

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.sharing.export import export_transformers  # noqa: E402
 from tinygpt.inference.quantize import DEFAULT_CPU_PRECISION, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams, choose_token  # noqa: E402
+from tinygpt.sharing.export import export_transformers  # noqa: E402
 
 NEW, TOP_K = 120, 50
 PARAMS = SamplingParams(temperature=1.0, top_k=TOP_K, top_p=1.0, max_new_tokens=NEW, seed=0, stop_at_eot=False,

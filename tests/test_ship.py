@@ -8,9 +8,9 @@ import torch
 from tests.conftest import TINY
 from tinygpt import GPT, load_checkpoint, save_checkpoint
 from tinygpt.data.dataloader import TokenDataset
-from tinygpt.training.evaluate import loss_over_all
 from tinygpt.playground.serving import resolve_source
 from tinygpt.sharing.ship import SHIPPED_MODEL, ship
+from tinygpt.training.evaluate import loss_over_all
 
 
 def test_int8_checkpoint_is_small_and_loads_close_to_the_original(tmp_path):

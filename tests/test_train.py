@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tinygpt import GPTConfig, load_checkpoint
-from tinygpt.training.schedule import lr_at
 from tinygpt.training.config import PRESETS, TrainConfig
+from tinygpt.training.schedule import lr_at
 from tinygpt.training.trainer import Trainer, TrainingError
 
 MODEL = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0)

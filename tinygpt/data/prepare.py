@@ -21,9 +21,9 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from tinygpt.fileio import write_text_atomic
 from tinygpt.data.sources import DataError, check_files, hub_stories, load_hub_splits, read_files
 from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits: half the disk and RAM of int32

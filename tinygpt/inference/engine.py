@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from tinygpt.model.kv_cache import KVCache
-from tinygpt.model.gpt import GPT
 from tinygpt.inference.sampling import ALT_MAX, SamplingParams, choose_token, pick_top, settings_tensor
+from tinygpt.model.gpt import GPT
+from tinygpt.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
 EOT_ID = 50256  # GPT-2's <|endoftext|>

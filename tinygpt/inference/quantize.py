@@ -15,8 +15,8 @@ import logging
 import torch
 from torch import nn
 
-from tinygpt.sharing.checkpoint import unwrap
 from tinygpt.model.gpt import GPT
+from tinygpt.sharing.checkpoint import unwrap
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")

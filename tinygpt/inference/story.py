@@ -10,10 +10,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
-from tinygpt.inference.engine import Engine
-from tinygpt.model.gpt import GPT
-from tinygpt.inference.sampling import SamplingParams
 from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.inference.engine import Engine
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.model.gpt import GPT
 
 TOP_ALTERNATIVES = 5
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.sharing.checkpoint import find_loss_curve, load_checkpoint
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.device import pick_device
 from tinygpt.inference.engine import Engine
-from tinygpt.model.gpt import GPT
 from tinygpt.inference.quantize import for_serving, servable_precision
+from tinygpt.model.gpt import GPT
+from tinygpt.sharing.checkpoint import find_loss_curve, load_checkpoint
 from tinygpt.sharing.ship import SHIPPED_MODEL
-from tinygpt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = "out/best"

@@ -15,9 +15,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.fileio import atomic_dir
 from tinygpt.model.gpt import GPT, GPTConfig
-from tinygpt.data.tokenizer import Tokenizer
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "tinygpt-v1"

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tinygpt.sharing.checkpoint import model_state, unwrap
 from tinygpt.fileio import atomic_dir
 from tinygpt.model.gpt import GPT
+from tinygpt.sharing.checkpoint import model_state, unwrap
 
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.training.budget import parse_duration
 from tinygpt.model.gpt import GPTConfig
+from tinygpt.training.budget import parse_duration
 
 
 def _f(default, help: str, **extra):

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tinygpt.sharing.checkpoint import CheckpointError, write_checkpoint
 from tinygpt.fileio import atomic_dir
+from tinygpt.sharing.checkpoint import CheckpointError, write_checkpoint
 from tinygpt.training.optim import optimizer_from_flat, optimizer_to_flat
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"

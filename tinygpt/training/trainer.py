@@ -19,21 +19,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from tinygpt.training.budget import TimeBudget, format_duration
-from tinygpt.sharing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinygpt.data.dataloader import TokenDataset
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.device import pick_device, pick_dtype
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import generate
+from tinygpt.model.gpt import GPT, GPTConfig
+from tinygpt.sharing.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tinygpt.training.budget import TimeBudget, format_duration
+from tinygpt.training.config import TrainConfig
 from tinygpt.training.distributed import DistInfo, any_across, from_main, init_distributed, mean_across
 from tinygpt.training.evaluate import loss_over_all
 from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.training.metrics import mfu as model_flops_utilization
-from tinygpt.model.gpt import GPT, GPTConfig
 from tinygpt.training.optim import make_optimizer
-from tinygpt.inference.sampling import SamplingParams
 from tinygpt.training.schedule import lr_at
-from tinygpt.inference.story import generate
-from tinygpt.data.tokenizer import Tokenizer
-from tinygpt.training.config import TrainConfig
 from tinygpt.training.state import load_training_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)
