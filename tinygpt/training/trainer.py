@@ -43,6 +43,14 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, say); the message says what to do."""
 
 
+def load_resumable(last: Path, device: torch.device) -> tuple[GPT, dict]:
+    """The model in `last` (out_dir/last), or a CheckpointError saying there is nothing to resume."""
+    if not (last / "config.json").is_file():
+        raise CheckpointError(f"nothing to resume: {last} holds no checkpoint (a run saves one at each "
+                              f"evaluation); start without --resume, or point --out-dir at a run's folder")
+    return load_checkpoint(last, device)
+
+
 class Trainer:
     def __init__(self, model_config: GPTConfig, config: TrainConfig, launch: DistInfo = DistInfo()) -> None:
         self.config = config
@@ -60,10 +68,7 @@ class Trainer:
         self.max_iters = config.max_iters  # a time budget replaces it with what fits
         last = self.out_dir / "last"
         if config.resume:
-            if not (last / "config.json").is_file():
-                raise CheckpointError(f"nothing to resume: {last} holds no checkpoint (a run saves one at each "
-                                      f"evaluation); start without --resume, or point --out-dir at a run's folder")
-            model, info = load_checkpoint(last, self.device)  # the saved shape wins over flags
+            model, info = load_resumable(last, self.device)  # the saved shape wins over flags
             model_config = model.config
         self.train_data = TokenDataset(Path(config.data_dir) / "train.bin", model_config.block_size)
         self.val_data = TokenDataset(Path(config.data_dir) / "val.bin", model_config.block_size)
