@@ -87,25 +87,16 @@ class Engine:
             yield sampled
             if sampled.id == self.eot_id and params.stop_at_eot or i == params.max_new_tokens - 1:
                 return
-            u = self._uniform(generator)
-            context.append(sampled.id)
-            if len(context) > self.block_size or not (params.greedy or params.top_k):
-                logits, lse = self._logits_after(cache, context, choice)
+            u, idx = self._uniform(generator), choice[:1].long().view(1, 1)
+            if len(context) == self.block_size or not (params.greedy or params.top_k):
+                logits, lse = self.step(cache, context, sampled.id, idx)  # slides, or samples the whole vocab
                 choice = choose_token(logits, params, u, lse)
             else:  # the common case: decode and sample in one (compiled) call
-                choice = self._decode_pick(choice[:1].long().view(1, 1), cache, settings, u)
+                context.append(sampled.id)
+                choice = self._decode_pick(idx, cache, settings, u)
 
     def _uniform(self, generator: torch.Generator) -> torch.Tensor:
         return torch.rand((), generator=generator, device=self.device)
-
-    def _logits_after(self, cache: KVCache, context: list[int], choice: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits after the token just appended to `context` (sliding the context when it is full)."""
-        if len(context) > self.block_size:
-            del context[:-self.keep]
-            return self.prefill(cache, context)
-        logits, lse = self._decode(choice[:1].long().view(1, 1), cache)
-        return logits[0], lse[0]
 
     def prefill(self, cache: KVCache, context: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode `context` (at most block_size ids) from position 0; the last position's logits (vocab,)
