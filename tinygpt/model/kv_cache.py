@@ -24,10 +24,6 @@ class KVCache(nn.Module):
         self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
         self.register_buffer("rows", torch.arange(batch_size, device=device)[:, None], persistent=False)
 
-    @property
-    def max_len(self) -> int:
-        return self.slots.numel()
-
     def positions(self, T: int) -> torch.Tensor:
         """(B, T) positions of the next T tokens of each stream."""
         return self.pos[:, None] + self.slots[:T]
