@@ -36,13 +36,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=env.get("TINYGPT_COMPILE", "1") != "0",
                    help="decode eagerly instead of torch.compile'ing the decode step (faster start-up, slower "
                         "tokens; also $TINYGPT_COMPILE=0)")
-    p.add_argument("--concurrency", type=int, default=int(env.get("TINYGPT_CONCURRENCY", "4")),
-                   help="stories generated at once (default: $TINYGPT_CONCURRENCY, else 4)")
+    p.add_argument("--concurrency", type=int, default=int(env.get("TINYGPT_CONCURRENCY", "32")),
+                   help="stories decoded together, sharing each step (default: $TINYGPT_CONCURRENCY, else 32); "
+                        "the decode step is compiled for each power of two up to it")
     p.add_argument("--max-queue", type=int, default=int(env.get("TINYGPT_MAX_QUEUE", "64")),
-                   help="requests that may wait beyond those (default: $TINYGPT_MAX_QUEUE, else 64)")
+                   help="requests that may wait beyond those; more are refused with a message "
+                        "(default: $TINYGPT_MAX_QUEUE, else 64)")
     args = p.parse_known_args(argv)[0]  # known only: `gradio app.py` passes its own arguments
     if args.precision is not None and args.precision not in PRECISIONS:  # from $TINYGPT_PRECISION
         p.error(f"TINYGPT_PRECISION must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+    if args.concurrency < 1 or args.max_queue < 0:
+        p.error(f"--concurrency must be >= 1 and --max-queue >= 0, got {args.concurrency} and {args.max_queue}")
     return args
 
 
@@ -58,7 +62,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def load_demo(config: ServeConfig):
     registry = ModelRegistry(config)
-    return build_demo(registry, concurrency=config.concurrency, max_queue=config.max_queue), registry
+    return build_demo(registry), registry
 
 
 def setup_logging() -> None:

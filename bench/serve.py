@@ -1,12 +1,17 @@
-"""Many users at once: N concurrent gradio_client users against a running app on loopback.
+"""Many users at once: N concurrent visitors against a running app on loopback, and the engine alone.
 
-    python bench/serve.py [--checkpoint out/best] [--users 1 4 16] [--max-new-tokens 64]
+    python bench/serve.py [--checkpoint out/best] [--users 1 4 16 64] [--max-new-tokens 64] [--concurrency 64]
 
-Starts `app.py` on a free loopback port (a random reference-size model when no checkpoint is given),
-then for each N runs N users at once, each streaming one story. Prints time to first token and
-tokens/s per user (median, p95) and the count of failed requests, for each N.
+First measures the engine alone in this process (the app's precision, compiled, one stream: the most a single
+user could see). Then starts `app.py` on a free loopback port (a random reference-size model when no checkpoint
+is given) and for each N runs N users at once, each streaming one story, `--repeats` times. Per N it prints time
+to first token (from submitting to the first streamed update) and tokens/s per user (tokens over the time from
+the first update to the last), median and p95, the aggregate tokens/s over all users, failed requests, and
+refused ones (a full queue) with the message they got.
 """
 import argparse
+import asyncio
+import json
 import os
 import re
 import socket
@@ -14,13 +19,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+PROMPT, SETTINGS = "Once upon a time", dict(temperature=0.8, top_k=50, top_p=0.95)
 
 
 def free_port() -> int:
@@ -29,68 +35,131 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(checkpoint: str, port: int, concurrency: int) -> subprocess.Popen:
-    env = {**os.environ, "TINYGPT_CONCURRENCY": str(concurrency), "TINYGPT_MAX_QUEUE": "256"}
+def engine_alone(checkpoint: str, max_new: int, stories: int = 5) -> float:
+    """Median tokens/s of the compiled engine generating one story at a time, measured as the page is."""
+    import torch
+
+    from tinygpt import Engine, SamplingParams, Tokenizer, load_checkpoint
+    from tinygpt.inference.quantize import default_precision, for_serving
+
+    device = torch.device("cpu")
+    model, _ = load_checkpoint(checkpoint, device)
+    engine = Engine(for_serving(model, default_precision(device)), compile=True)
+    ids, rates = Tokenizer().encode(PROMPT), []
+    for seed in range(stories + 1):
+        params = SamplingParams(**SETTINGS, max_new_tokens=max_new, seed=seed, stop_at_eot=False)
+        times = [time.perf_counter() for _ in engine.generate(ids, params)]
+        if seed:  # the first warms up
+            rates.append(len(times) / (times[-1] - times[0]))
+    return statistics.median(rates)
+
+
+def start_app(checkpoint: str, port: int, concurrency: int, max_queue: int) -> subprocess.Popen:
+    env = {**os.environ, "TINYGPT_CONCURRENCY": str(concurrency), "TINYGPT_MAX_QUEUE": str(max_queue)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", checkpoint, "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(240):  # bounded wait for the server
+    for _ in range(600):  # bounded wait for the server (it compiles a step per batch size first)
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=1)
             return proc
         except OSError:
             time.sleep(0.5)
     proc.kill()
-    sys.exit("the app did not start within 120 s")
+    sys.exit("the app did not start within 300 s")
 
 
-def one_user(url: str, seed: int, max_new: int, out: list, lock: threading.Lock) -> None:
-    from gradio_client import Client
+async def one_user(http, base: str, fn_index: int, seed: int, max_new: int) -> dict:
+    """One visitor through Gradio's own streaming protocol (join the queue, read the event stream), as the
+    page's JavaScript does. Not gradio_client: it polls for messages every 50 ms, which would hide what the
+    server does, and its polling threads take CPU from the server on this 2-core machine."""
+    from gradio_client.utils import apply_diff
 
+    session, start = uuid.uuid4().hex, time.perf_counter()
     try:
-        client = Client(url, verbose=False)
-        start = time.perf_counter()  # from submitting, not from fetching the app's config
-        job = client.submit("Once upon a time", 0.8, 50, 0.95, max_new, seed,
-                                                api_name="/generate")
-        first, last = None, None
-        for update in job:  # streamed outputs
-            first = first or time.perf_counter()
-            last = update
-        end = time.perf_counter()
-        tokens = int(re.search(r"\*\*(\d+)\*\* tokens", last[1]).group(1))
-        record = {"ttft": first - start, "tok_s": tokens / (end - first) if end > first else 0.0, "ok": True}
-    except Exception as e:  # counted as a failed request
-        record = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    with lock:
-        out.append(record)
+        joined = await http.post(base + "gradio_api/queue/join", json={
+            "data": [PROMPT, *SETTINGS.values(), max_new, seed], "fn_index": fn_index, "session_hash": session,
+            "event_data": None, "trigger_id": None})
+        if joined.status_code != 200:
+            return {"ok": False, "kind": "refused" if joined.status_code == 503 else "failed", "error": joined.text}
+        first = stats = None
+        async with http.stream("GET", base + "gradio_api/queue/data", params={"session_hash": session}) as resp:
+            buffer = b""
+            async for chunk in resp.aiter_bytes():
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    line, buffer = buffer.split(b"\n\n", 1)
+                    if not line.startswith(b"data:"):
+                        continue
+                    msg = json.loads(line[5:])
+                    if msg["msg"] == "process_generating":
+                        first = first or time.perf_counter()
+                        data = msg["output"]["data"][1]  # the stats line: in full once, then as diffs
+                        stats = data if stats is None else apply_diff(stats, data)
+                    elif msg["msg"] == "process_completed":
+                        end = time.perf_counter()
+                        if not msg.get("success", False):
+                            error = str(msg.get("output", {}).get("error"))
+                            return {"ok": False, "kind": "refused" if "busy" in error else "failed", "error": error}
+                        tokens = int(re.search(r"\*\*(\d+)\*\* tokens", stats).group(1))
+                        return {"ok": True, "ttft": first - start, "tok_s": tokens / (end - first) if end > first
+                                else 0.0, "tokens": tokens, "start": start, "end": end}
+        return {"ok": False, "kind": "failed", "error": "the event stream ended early"}
+    except Exception as e:  # noqa: BLE001 - counted as a failed request
+        return {"ok": False, "kind": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
 def p95(values: list[float]) -> float:
     return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
 
 
-def run_round(url: str, users: int, max_new: int) -> None:
-    results, lock = [], threading.Lock()
-    threads = [threading.Thread(target=one_user, args=(url, i, max_new, results, lock)) for i in range(users)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
+def run_round(url: str, users: int, max_new: int, repeats: int) -> dict:
+    """`repeats` rounds of `users` visitors arriving at once; all their records, and the median aggregate."""
+    import httpx
+
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=10).read())
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+
+    async def one_round() -> list[dict]:
+        limits = httpx.Limits(max_connections=4 * users + 8)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
+            return await asyncio.gather(*(one_user(http, url, fn_index, i, max_new) for i in range(users)))
+
+    results, aggregates = [], []
+    for _ in range(repeats):
+        round_ = asyncio.run(one_round())
+        results += round_
+        ok = [r for r in round_ if r["ok"]]
+        span = max((r["end"] for r in ok), default=1.0) - min((r["start"] for r in ok), default=0.0)
+        aggregates.append(sum(r["tokens"] for r in ok) / span if ok else 0.0)
+    return {"results": results, "aggregate": statistics.median(aggregates)}
+
+
+def report(users: int, round_: dict) -> float | None:
+    results = round_["results"]
     ok = [r for r in results if r["ok"]]
-    failed = users - len(ok)
+    failed = [r for r in results if not r["ok"] and r["kind"] == "failed"]
+    refused = [r for r in results if not r["ok"] and r["kind"] == "refused"]
+    tail = f"; failed {len(failed)}; refused {len(refused)}"
+    tail += f" ({refused[0]['error']})" if refused else ""
+    tail += f" [first failure: {failed[0]['error'][:200]}]" if failed else ""
     if not ok:
-        print(f"N={users:>2}: all {users} requests failed: {results[0].get('error') if results else 'timeout'}")
-        return
+        print(f"N={users:>2}: no request succeeded{tail}", flush=True)
+        return None
     ttft, rate = [r["ttft"] for r in ok], [r["tok_s"] for r in ok]
     print(f"N={users:>2}: time to first token median {statistics.median(ttft):.2f}s p95 {p95(ttft):.2f}s; "
-          f"tokens/s per user median {statistics.median(rate):.1f} p95 {p95(rate):.1f}; failed {failed}", flush=True)
+          f"tokens/s per user median {statistics.median(rate):.1f} p95 {p95(rate):.1f}; "
+          f"aggregate {round_['aggregate']:.0f} tok/s{tail}", flush=True)
+    return statistics.median(rate)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint to serve (default: random reference-size weights)")
-    p.add_argument("--users", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--concurrency", type=int, default=4, help="the app's generation slots (TINYGPT_CONCURRENCY)")
+    p.add_argument("--concurrency", type=int, default=64, help="stories decoded together (TINYGPT_CONCURRENCY)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait (TINYGPT_MAX_QUEUE)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per N (their results pooled)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
@@ -100,13 +169,17 @@ def main() -> None:
             from tinygpt import GPT, GPTConfig, save_checkpoint
             torch.manual_seed(0)
             checkpoint = str(save_checkpoint(GPT(GPTConfig()), Path(tmp) / "random"))
+        alone = engine_alone(checkpoint, args.max_new_tokens)
+        print(f"engine alone (compiled, one stream): {alone:.1f} tok/s", flush=True)
         port = free_port()
-        proc = start_app(checkpoint, port, args.concurrency)
+        proc = start_app(checkpoint, port, args.concurrency, args.max_queue)
         try:
-            print(f"app on 127.0.0.1:{port}, {args.concurrency} generation slots, {args.max_new_tokens} new tokens "
-                  f"per request", flush=True)
+            print(f"app on 127.0.0.1:{port}, {args.concurrency} streams per step, {args.max_queue} may wait, "
+                  f"{args.max_new_tokens} new tokens per request", flush=True)
             for n in args.users:
-                run_round(f"http://127.0.0.1:{port}/", n, args.max_new_tokens)
+                rate = report(n, run_round(f"http://127.0.0.1:{port}/", n, args.max_new_tokens, args.repeats))
+                if n == 1 and rate:
+                    print(f"N=1 per-user tokens/s / engine alone: {rate / alone:.2f}", flush=True)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -18,6 +18,16 @@ def tiny_model() -> GPT:
     return GPT(TINY).eval()
 
 
+@pytest.fixture
+def trained_like(tiny_model):
+    """Random weights scaled up so logits have a real spread, as a trained model's do."""
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            if p.dim() == 2:
+                p.mul_(5)
+    return tiny_model
+
+
 def simple_stories(n: int, seed: int = 0) -> list[str]:
     """Formulaic little stories: enough structure for a tiny model to learn in seconds."""
     import random

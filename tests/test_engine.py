@@ -14,16 +14,17 @@ def test_after_a_slide_the_logits_equal_a_fresh_forward_over_the_kept_tokens(tin
     """Catches a slide that keeps the wrong tokens, forgets to rewind the cache, or leaves stale slots visible."""
     engine = Engine(tiny_model)
     ids = torch.randint(0, 50257, (TINY.block_size + 3,), generator=torch.Generator().manual_seed(1)).tolist()
-    with torch.no_grad():
-        cache, context = tiny_model.new_cache(1), ids[:TINY.block_size]
-        engine.prefill(cache, context)
-        for n, token in enumerate(ids[TINY.block_size:], start=TINY.block_size + 1):
-            logits, _ = engine.step(cache, context, token)
-            kept = ids[:n][-len(context):]
-            assert context == kept and len(context) <= TINY.block_size
+    cache, stream = tiny_model.new_cache(1), engine.new_stream(ids[:TINY.block_size], SamplingParams())
+    engine.logits(cache, stream)
+    for n, token in enumerate(ids[TINY.block_size:], start=TINY.block_size + 1):
+        stream.push(token)
+        logits, _ = engine.logits(cache, stream)
+        kept = ids[:n][-len(stream.context):]
+        assert stream.context == kept and len(stream.context) <= TINY.block_size
+        with torch.no_grad():
             fresh = tiny_model(torch.tensor([kept]))[0][0, -1]
-            torch.testing.assert_close(logits, fresh, atol=1e-4, rtol=1e-4)
-    assert len(context) == engine.keep + 2  # slid once, then two more tokens
+        torch.testing.assert_close(logits, fresh, atol=1e-4, rtol=1e-4)
+    assert len(stream.context) == engine.keep + 2  # slid once, then two more tokens
 
 
 def test_long_prompt_keeps_its_last_block_and_streams_past_it(tiny_model):

@@ -87,14 +87,16 @@ def test_kept_token_loss_equals_the_full_vocabulary_cross_entropy():
 
 def test_kept_token_model_decodes_like_its_full_forward():
     from tinygpt.inference.engine import Engine
+    from tinygpt.inference.sampling import SamplingParams
 
     model = kept_model()
     engine = Engine(model)
     ids = [10, 999, 30, 40]
     full, _ = model(torch.tensor([ids]))
-    cache, context = model.new_cache(1), ids[:2]
-    engine.prefill(cache, context)
-    torch.testing.assert_close(engine.step(cache, context, ids[2])[0], full[0, 2], atol=1e-4, rtol=1e-4)
+    cache, stream = model.new_cache(1), engine.new_stream(ids[:2], SamplingParams())
+    engine.logits(cache, stream)
+    stream.push(ids[2])
+    torch.testing.assert_close(engine.logits(cache, stream)[0], full[0, 2], atol=1e-4, rtol=1e-4)
 
 
 def test_data_vocab_training_keeps_the_datas_ids_and_round_trips(token_data, tmp_path):

@@ -1,5 +1,6 @@
 """The playground's logic without a server: which model it serves and why not, what the page says about a
 story and a clicked token, the API's values as settings, and two stories advanced side by side."""
+import asyncio
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ from tinygpt import GPT, save_checkpoint
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import ServeConfig
-from tinygpt.playground.ui import side_by_side, throttled
+from tinygpt.playground.ui import side_by_side
 from tinygpt.playground.views import alternatives_table, request_params, stats_line, token_view
 from tinygpt.sharing.ship import SHIPPED_MODEL
 
@@ -96,11 +97,29 @@ def test_api_values_in_range_become_settings():
     assert request_params(0.8, 50, 0.9, 10, -1).seed is None and request_params(0.8, 50, 0.9, 10, None).seed is None
 
 
-def test_side_by_side_takes_turns_and_runs_both_to_the_end():
-    a, b = iter(["a1", "a2", "a3"]), iter(["b1"])
-    assert list(side_by_side(a, b)) == [("a1", "b1"), ("a2", "b1"), ("a3", "b1"), ("a3", "b1")]
+def test_side_by_side_runs_both_to_the_end_and_stops_both_when_closed():
+    """Catches a side that is dropped when the other ends first, and a stopped compare that leaves a stream
+    running (its batch row held)."""
+    closed = []
 
+    async def stream(name, n):
+        try:
+            for i in range(1, n + 1):
+                await asyncio.sleep(0.001)
+                yield f"{name}{i}"
+        finally:
+            closed.append(name)
 
-def test_throttled_always_sends_the_last_update():
-    out = list(throttled(range(1000)))  # far faster than 30 a second
-    assert out[0] == 0 and out[-1] == 999 and len(out) < 50
+    async def run(limit=None):
+        out = []
+        async for pair in side_by_side(stream("a", 3), stream("b", 1)):
+            out.append(pair)
+            if len(out) == limit:
+                break
+        return out
+
+    out = asyncio.run(run())
+    assert out[-1] == ("a3", "b1") and all(a and b for a, b in out)
+    closed.clear()
+    asyncio.run(run(limit=1))
+    assert sorted(closed) == ["a", "b"]

@@ -3,7 +3,8 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import generate
-from tinygpt.inference.sampling import ALT_MAX, SamplingParams, choose_token, sample_index, top_p_probs
+from tinygpt.inference.sampling import (ALT_MAX, SamplingParams, choose_token, pick_top, sample_index,
+                                       settings_tensor, top_p_probs)
 
 
 def story(model, tok, **kw):
@@ -34,36 +35,49 @@ def test_top_k_one_is_greedy(tiny_model, tokenizer):
 @pytest.mark.parametrize("top_k", [0, 3])
 def test_choose_token_keeps_to_the_top_k_and_the_nucleus(top_k):
     """Catches top-k/top-p applied to the wrong tokens (unsorted ids, the k or p ignored) in either path."""
-    logits, us = torch.tensor([1.0, 3.0, 2.0, 0.0, 2.9]), torch.rand(300, generator=torch.Generator().manual_seed(0))
+    us = torch.rand(300, generator=torch.Generator().manual_seed(0))
+    logits = torch.tensor([1.0, 3.0, 2.0, 0.0, 2.9]).expand(300, 5)  # 300 streams, one draw each
     nucleus = SamplingParams(temperature=1.0, top_k=top_k, top_p=0.5)  # tokens 1 and 4 hold 0.55 of the mass
-    assert {int(choose_token(logits, nucleus, u)[0]) for u in us} == {1, 4}
+    assert set(choose_token(logits, nucleus, us)[:, 0].int().tolist()) == {1, 4}
     two = SamplingParams(temperature=2.0, top_k=2, top_p=1.0)
-    assert {int(choose_token(logits, two, u)[0]) for u in us} == {1, 4}
+    assert set(choose_token(logits, two, us)[:, 0].int().tolist()) == {1, 4}
     everything = SamplingParams(temperature=2.0, top_k=0, top_p=1.0)
-    assert {int(choose_token(logits, everything, u)[0]) for u in us} == {0, 1, 2, 3, 4}
+    assert set(choose_token(logits, everything, us)[:, 0].int().tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_each_stream_in_a_batch_keeps_its_own_settings():
+    """Catches one stream's temperature, top-k or top-p applied to its neighbours in a batched step."""
+    logits = torch.tensor([1.0, 3.0, 2.0, 0.0, 2.9]).expand(3, 5)
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=2.0, top_k=2, top_p=1.0),
+              SamplingParams(temperature=2.0, top_k=5, top_p=1.0)]
+    settings, seen = settings_tensor(params), [set(), set(), set()]
+    for u in torch.rand(300, 3, generator=torch.Generator().manual_seed(0)):
+        for row, token in enumerate(pick_top(logits, logits.logsumexp(-1), settings, u)[:, 0].int().tolist()):
+            seen[row].add(token)
+    assert seen == [{1}, {1, 4}, {0, 1, 2, 3, 4}]
 
 
 def test_choose_token_reports_the_models_probabilities_and_alternatives():
-    logits = torch.tensor([1.0, 3.0, 2.0, 0.0])
-    out = choose_token(logits, SamplingParams(temperature=0), torch.tensor(0.5)).tolist()
-    p = logits.softmax(-1)
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    out = choose_token(logits, SamplingParams(temperature=0), torch.tensor([0.5]))[0].tolist()
+    p = logits[0].softmax(-1)
     assert out[:2] == pytest.approx([1, p[1].item()])
     n = min(ALT_MAX, 4)  # alternatives: every token here, best first
     assert out[2:2 + n] == [1, 2, 0, 3] and out[2 + n:] == pytest.approx(p[[1, 2, 0, 3]].tolist())
 
 
 def test_top_p_filter():
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    assert top_p_probs(probs, 0.8).tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
-    assert top_p_probs(probs, 0.81).tolist() == pytest.approx([0.5, 0.3, 0.15, 0.0])
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert top_p_probs(probs, 0.8)[0].tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
+    assert top_p_probs(probs, 0.81)[0].tolist() == pytest.approx([0.5, 0.3, 0.15, 0.0])
 
 
 def test_sample_index_follows_the_distribution():
     us = torch.rand(4000, generator=torch.Generator().manual_seed(0))
-    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
-    counts = torch.bincount(torch.stack([sample_index(probs, u) for u in us]), minlength=4)
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3]).expand(4000, 4)
+    counts = torch.bincount(sample_index(probs, us), minlength=4)
     assert counts[1] == 0
-    assert (counts.float() / 4000 - probs).abs().max() < 0.03
+    assert (counts.float() / 4000 - probs[0]).abs().max() < 0.03
 
 
 def test_stream_continues_past_block_size(tiny_model, tokenizer):

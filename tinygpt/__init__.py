@@ -9,6 +9,7 @@ Public API (imported lazily, so `import tinygpt` and the torch-free data tools s
     Tokenizer                      offline GPT-2 BPE (tinygpt.data.tokenizer)
     generate, GeneratedToken       streaming text generation (tinygpt.inference.story)
     Engine, SamplingParams         the token-level engine and its settings (tinygpt.inference)
+    Batcher                        many streams sharing each decode step (tinygpt.inference.batching)
     save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.sharing.checkpoint)
     pick_device, pick_dtype        device and dtype choice (tinygpt.device)
 """
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GPT": "model.gpt", "GPTConfig": "model.gpt", "Tokenizer": "data.tokenizer", "generate": "inference.story",
     "GeneratedToken": "inference.story", "Engine": "inference.engine", "SamplingParams": "inference.sampling",
+    "Batcher": "inference.batching",
     "save_checkpoint": "sharing.checkpoint", "load_checkpoint": "sharing.checkpoint",
     "CheckpointError": "sharing.checkpoint", "pick_device": "device", "pick_dtype": "device",
 }

@@ -1,1 +1,2 @@
-"""Inference: the token-level engine, sampling, reduced-precision serving copies, and stories as text."""
+"""Inference: the token-level engine, continuous batching, sampling, reduced-precision serving copies, and
+stories as text."""

@@ -1,19 +1,23 @@
 """The token-level inference engine: token ids in; sampled ids, their probabilities and the top alternatives out.
 
-It owns the decoding loop: prefill the prompt into a KV cache, then one decode step per token through
-`GPT.forward` (the model's own modules, nothing re-implemented), sampling on the device and reading the device
-back once per token. When a stream reaches the context length, the context slides: the last 3/4 of it is
-re-encoded from position 0 (positions are absolute), a bounded cost once every block_size/4 tokens.
+It owns the decode step: every stream in a batch feeds its newest token through `GPT.forward` (the model's own
+modules, nothing re-implemented) with a KV cache, and gets one sampled token back, sampled on the device, with
+one read from the device per step for the whole batch. A single stream is a batch of one (`generate`); the
+continuous batcher (tinygpt.inference.batching) runs the same step over many. When a stream reaches the
+context length, the context slides: the last 3/4 of it is re-encoded from position 0 (positions are absolute),
+a bounded cost once every block_size/4 tokens.
 
-The decode step can be compiled (`compile=True`): torch.compile of the same forward, with static shapes
-(the cache is preallocated and attention is masked), so it is traced once and replays with no per-op Python;
-on CPUs with Inductor's C++ wrapper. Text is not this module's business: see tinygpt.inference.story.
+The step can be compiled (`compile=True`): torch.compile of the same forward plus sampling, with static shapes
+(the cache is preallocated and attention is masked), once per batch size in `batch_sizes`; a batch is padded
+to the next of them. On CPUs with Inductor's C++ wrapper. Text is not this module's business: see
+tinygpt.inference.story.
 """
 from __future__ import annotations
 
 import logging
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -24,6 +28,7 @@ from tinygpt.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
 EOT_ID = 50256  # GPT-2's <|endoftext|>
+PADDING = SamplingParams(temperature=0)  # the settings of a batch's unused rows
 
 
 @dataclass(frozen=True)
@@ -36,87 +41,130 @@ class SampledToken:
     alternatives: tuple[tuple[int, float], ...] = ()
 
 
-class Engine:
-    """Generates token ids from a model; one Engine serves many streams (each call has its own cache)."""
+@dataclass(eq=False)
+class Stream:
+    """One stream's decoding state: its context (every token but the last is in its cache row; the last is
+    the next step's input), its settings, its own random draws, and whether it is done."""
 
-    def __init__(self, model: GPT, compile: bool = False, eot_id: int = EOT_ID) -> None:
+    context: list[int]
+    params: SamplingParams
+    block_size: int
+    keep: int  # tokens kept when the context slides
+    eot_id: int = EOT_ID
+    rng: random.Random = field(default_factory=random.Random)
+    produced: int = 0
+    stale: bool = True  # its cache row does not hold context[:-1] yet (a new stream, or one that slid)
+    done: bool = False
+
+    def push(self, token: int) -> None:
+        """Append `token`; past block_size, keep the last `keep` tokens (the cache row must then be rebuilt)."""
+        self.context.append(token)
+        if len(self.context) > self.block_size:
+            del self.context[:-self.keep]
+            self.stale = True
+
+    def uniform(self) -> float:
+        """The next draw in [0, 1), exact in float32 (a float64 near 1 would round up to 1.0)."""
+        return self.rng.getrandbits(24) / 2**24
+
+    def accept(self, out: list[float]) -> SampledToken:
+        """The step's packed result for this stream (see sampling.describe) as a SampledToken, appended."""
+        n = self.params.alternatives
+        token = SampledToken(int(out[0]), out[1], tuple(zip(map(int, out[2:2 + n]), out[2 + ALT_MAX:2 + ALT_MAX + n])))
+        self.produced += 1
+        self.done = token.id == self.eot_id and self.params.stop_at_eot or self.produced == self.params.max_new_tokens
+        self.push(token.id)
+        return token
+
+
+class Engine:
+    """Generates token ids from a model; one Engine serves many streams (each with its own cache rows)."""
+
+    def __init__(self, model: GPT, compile: bool = False, eot_id: int = EOT_ID,
+                 batch_sizes: tuple[int, ...] = (1,)) -> None:
         self.model, self.eot_id = model, eot_id
         self.block_size = model.config.block_size
-        self.keep = max(1, self.block_size - max(1, self.block_size // 4))  # tokens kept when the context slides
+        self.keep = max(1, self.block_size - max(1, self.block_size // 4))
         self.device = model.transformer.wpe.weight.device
-        self._decode: Callable[[torch.Tensor, KVCache], tuple[torch.Tensor, torch.Tensor]] = _eager_decode(model)
-        self._decode_pick: Callable[..., torch.Tensor] = _eager_decode_pick(model)
+        self.batch_sizes = tuple(sorted(set(batch_sizes)))
+        self._logits = _eager_decode(model)
+        self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> compiled decode-and-sample
         self.compiled = compile and self._try_compile()
 
     def _try_compile(self) -> bool:
-        """Compile the decode step and run it once; on any failure (no C++ compiler, say) decode eagerly."""
+        """Compile the decode step for each batch size; on any failure (no C++ compiler, say) decode eagerly."""
         t0 = time.perf_counter()
         try:
-            decode, decode_pick = (compile_step(f(self.model), self.device) for f in (_eager_decode, _eager_decode_pick))
-            idx = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+            step = compile_step(_eager_decode_pick(self.model), self.device)
             with torch.no_grad():
-                decode(idx, self.model.new_cache(1))
-                decode_pick(idx, self.model.new_cache(1), settings_tensor(SamplingParams(), self.device),
-                            torch.zeros((), device=self.device))
+                for B in self.batch_sizes:  # traced now: a stream never waits on the compiler
+                    step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.model.new_cache(B),
+                         settings_tensor([PADDING] * B, self.device), torch.zeros(B, device=self.device))
         except Exception as e:  # noqa: BLE001 - any compiler failure leaves a working eager engine
             log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly",
                         type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
             return False
-        self._decode, self._decode_pick = _skipping_guards(decode), _skipping_guards(decode_pick)
-        log.info("decode step compiled in %.1f s", time.perf_counter() - t0)
+        self._pick = dict.fromkeys(self.batch_sizes, _skipping_guards(step))
+        log.info("decode step compiled for batch sizes %s in %.1f s", self.batch_sizes, time.perf_counter() - t0)
         return True
+
+    def new_stream(self, ids: list[int], params: SamplingParams) -> Stream:
+        """A stream for prompt `ids`: none starts from <|endoftext|>; more than block_size keeps the last ones."""
+        rng = random.Random(params.seed) if params.seed is not None else random.Random()
+        return Stream(list(ids[-self.block_size:]) or [self.eot_id], params, self.block_size, self.keep,
+                      self.eot_id, rng)
+
+    def padded_size(self, n: int) -> int:
+        """The batch size a step over n streams runs at: the next compiled size (n itself when eager)."""
+        return next((B for B in self.batch_sizes if B >= n), n) if self._pick else n
 
     @torch.no_grad()  # not inference_mode: the compiled step cannot take inference tensors
     def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]:
-        """Yield each new token as it is sampled. No ids: start from <|endoftext|>; more than block_size:
-        keep the last block_size. Stops after <|endoftext|> when params.stop_at_eot."""
-        context = list(ids[-self.block_size:]) or [self.eot_id]
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
-        settings, n_alt = settings_tensor(params, self.device), params.alternatives
-        cache = self.model.new_cache(1)
-        logits, lse = self.prefill(cache, context)
-        choice = choose_token(logits, params, self._uniform(generator), lse)
-        for i in range(params.max_new_tokens):
-            out = choice.tolist()  # the one read from the device per token
-            sampled = SampledToken(int(out[0]), out[1], tuple(zip(map(int, out[2:2 + n_alt]),
-                                                                   out[2 + ALT_MAX:2 + ALT_MAX + n_alt])))
-            yield sampled
-            if sampled.id == self.eot_id and params.stop_at_eot or i == params.max_new_tokens - 1:
-                return
-            u, idx = self._uniform(generator), choice[:1].long().view(1, 1)
-            if len(context) == self.block_size or not (params.greedy or params.top_k):
-                logits, lse = self.step(cache, context, sampled.id, idx)  # slides, or samples the whole vocab
-                choice = choose_token(logits, params, u, lse)
-            else:  # the common case: decode and sample in one (compiled) call
-                context.append(sampled.id)
-                choice = self._decode_pick(idx, cache, settings, u)
+        """Yield each new token of one stream as it is sampled (a batch of one). Stops after <|endoftext|>
+        when params.stop_at_eot, or after params.max_new_tokens."""
+        stream, cache = self.new_stream(ids, params), self.model.new_cache(1)
+        while not stream.done:
+            yield self.advance(cache, [stream])[0]
 
-    def _uniform(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand((), generator=generator, device=self.device)
+    @torch.no_grad()
+    def advance(self, cache: KVCache, streams: list[Stream]) -> list[SampledToken]:
+        """One decode step: stream i, in row i of `cache`, feeds its newest token and gets the next one (also
+        appended to its context). Rows past the streams, up to the padded size, are scratch."""
+        for row, stream in enumerate(streams):
+            if stream.stale:
+                self.load(cache, row, stream)
+        n, B = len(streams), self.padded_size(len(streams))
+        view = cache.rows(0, B)
+        idx = torch.tensor([s.context[-1] for s in streams] + [self.eot_id] * (B - n), device=self.device)[:, None]
+        u = torch.tensor([s.uniform() for s in streams] + [0.0] * (B - n), device=self.device)
+        params = [s.params for s in streams] + [PADDING] * (B - n)
+        if all(p.greedy or p.top_k for p in params):  # the common case: decode and sample in one call
+            out = self._pick.get(B, self._eager_pick)(idx, view, settings_tensor(params, self.device), u)
+        else:  # sampling over the whole vocabulary (top_k 0)
+            logits, lse = self._logits(idx, view)
+            out = torch.cat([choose_token(logits[i:i + 1], p, u[i:i + 1], lse[i:i + 1]) for i, p in enumerate(params)])
+        if B > n:
+            view.pos[n:] = 0  # scratch rows must never run past the cache
+        return [stream.accept(row) for stream, row in zip(streams, out.tolist())]  # the one read per step
 
-    def prefill(self, cache: KVCache, context: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode `context` (at most block_size ids) from position 0; the last position's logits (vocab,)
-        and their logsumexp."""
-        cache.reset(0)
-        idx = torch.tensor([context], dtype=torch.long, device=self.device)
-        logits, lse = _last_logits(self.model(idx, cache=cache)[0])
-        return logits[0], lse[0]
+    def _eager_pick(self, *args: torch.Tensor) -> torch.Tensor:
+        return _eager_decode_pick(self.model)(*args)
 
-    def step(self, cache: KVCache, context: list[int], token: int, idx: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append `token` to the stream (`idx`: the same id as a (1, 1) tensor already on the device, saving
-        a copy); the next logits (vocab,) and their logsumexp. Slides the context when it is full."""
-        context.append(token)
-        if len(context) > self.block_size:
-            del context[:-self.keep]
-            return self.prefill(cache, context)
-        if idx is None:
-            idx = torch.tensor([[token]], dtype=torch.long, device=self.device)
-        logits, lse = self._decode(idx, cache)
+    def load(self, cache: KVCache, row: int, stream: Stream) -> None:
+        """Encode all of the stream's context but its last token into `row` of `cache`, from position 0."""
+        view = cache.rows(row, 1)
+        view.reset(0)
+        if len(stream.context) > 1:
+            self.model(torch.tensor([stream.context[:-1]], dtype=torch.long, device=self.device), cache=view)
+        stream.stale = False
+
+    @torch.no_grad()
+    def logits(self, cache: KVCache, stream: Stream) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing (tests, evaluation): feed a single stream's newest token (cache row 0) and return the
+        next-token logits (vocab,) and their logsumexp, without sampling. `stream.push` the next token."""
+        if stream.stale:
+            self.load(cache, 0, stream)
+        logits, lse = self._logits(torch.tensor([[stream.context[-1]]], device=self.device), cache.rows(0, 1))
         return logits[0], lse[0]
 
 
@@ -135,13 +183,14 @@ def _eager_decode(model: GPT) -> Callable[[torch.Tensor, KVCache], tuple[torch.T
 def _eager_decode_pick(model: GPT) -> Callable[..., torch.Tensor]:
     def decode_pick(idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         logits, lse = _last_logits(model(idx, cache=cache)[0])
-        return pick_top(logits[0], lse[0], settings, u)
+        return pick_top(logits, lse, settings, u)
     return decode_pick
 
 
 def _skipping_guards(compiled: Callable) -> Callable:
     """Call `compiled` without re-checking Dynamo's guards on every parameter (a third of a step's time
-    on a CPU). Safe here: the engine only ever passes the shapes and dtypes it compiled for."""
+    on a CPU); with one graph per batch size, only the guards that tell them apart run. Safe here: the
+    engine only ever passes the shapes and dtypes it compiled for."""
     def call(*args: object) -> object:
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
             return compiled(*args)
@@ -150,8 +199,8 @@ def _skipping_guards(compiled: Callable) -> Callable:
 
 def compile_step(fn: Callable, device: torch.device) -> Callable:
     """`fn` (a decode step through GPT.forward, one token per stream) under torch.compile: static shapes, one
-    graph. CPU: Inductor's C++ wrapper calls the generated kernels from C++ (the 30M model's step measured
-    1.7 ms instead of 3.1 ms eager here). CUDA: the default mode; CUDA graphs would need the cache at fixed
-    addresses."""
+    graph per batch size. CPU: Inductor's C++ wrapper calls the generated kernels from C++ (the 30M model's
+    step measured 1.7 ms instead of 3.1 ms eager here). CUDA: the default mode; CUDA graphs would need the
+    cache at fixed addresses."""
     options = {"cpp_wrapper": True} if device.type == "cpu" else None
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)

@@ -1,5 +1,6 @@
 """Sampling settings (`SamplingParams`, whose ranges and defaults the UI, the API and training samples all read)
-and small named functions that turn next-token logits into a token, on the device, without reading it back."""
+and small named functions that turn next-token logits into tokens, on the device, without reading them back.
+They work on a batch of streams (B, vocab), each stream with its own settings and uniform draw."""
 from __future__ import annotations
 
 import math
@@ -64,48 +65,54 @@ TOP_K_MAX = int(SamplingParams.limits()["top_k"]["range"][1])  # the static size
 ALT_MAX = 20  # the most alternatives reported (SamplingParams.alternatives)
 
 
-def settings_tensor(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[temperature, top_k, top_p] as one tensor: a compiled step takes any settings without recompiling."""
-    return torch.tensor([params.temperature, params.top_k, params.top_p], dtype=torch.float32, device=device)
+def settings_tensor(params: SamplingParams | list[SamplingParams], device: torch.device | str = "cpu"
+                    ) -> torch.Tensor:
+    """[temperature, top_k, top_p] per stream, (B, 3): a compiled step takes any settings without recompiling."""
+    rows = [params] if isinstance(params, SamplingParams) else params
+    return torch.tensor([[p.temperature, p.top_k, p.top_p] for p in rows], dtype=torch.float32, device=device)
 
 
 def top_p_probs(sorted_probs: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
-    """Zero all but the smallest head of descending `sorted_probs` whose mass reaches p (p >= 1: all)."""
+    """Zero all but the smallest head of each row of descending `sorted_probs` (B, K) whose mass reaches p (a
+    float, or (B, 1) per row; p >= 1: keep all)."""
     before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
     return sorted_probs.masked_fill((before >= p) & (torch.as_tensor(p) < 1), 0.0)
 
 
 def sample_index(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The index that uniform `u` in [0, 1) selects with probability proportional to `probs`, by inverting the
-    CDF: a cumsum and a binary search (20x faster than torch.multinomial over a 50k vocabulary). 0-d tensor."""
+    """Per row of `probs` (B, K), the index that uniform u (B,) in [0, 1) selects with probability proportional
+    to probs, by inverting the CDF: a cumsum and a binary search (20x faster than torch.multinomial over a 50k
+    vocabulary). (B,) indices."""
     cdf = probs.cumsum(-1)
-    return torch.searchsorted(cdf, (u * cdf[-1])[None], right=True)[0].clamp(max=probs.size(-1) - 1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=probs.size(-1) - 1)
 
 
 def sample_candidates(values: torch.Tensor, ids: torch.Tensor, settings: torch.Tensor, u: torch.Tensor
                       ) -> torch.Tensor:
-    """A token id (0-d) from candidate logits `values` and their ids: in descending order when top-k or top-p
-    apply (else any order). Temperature 0 picks the first; top_k 0 keeps every candidate. Static shapes and
-    tensor settings, so the same code runs eagerly and inside a compiled step."""
-    temperature, top_k, top_p = settings.unbind()
+    """A token id per stream (B,) from candidate logits `values` (B, K) and their `ids`: in descending order when
+    top-k or top-p apply (else any order). Temperature 0 picks the first; top_k 0 keeps every candidate. Static
+    shapes and tensor settings (B, 3), so the same code runs eagerly and inside a compiled step."""
+    temperature, top_k, top_p = settings[:, :, None].unbind(1)  # each (B, 1)
     rank = torch.arange(values.size(-1), device=values.device)
     scaled = (values / temperature.clamp(min=1e-6)).masked_fill((top_k > 0) & (rank >= top_k), float("-inf"))
     probs = top_p_probs(scaled.softmax(-1), top_p)
-    j = torch.where(temperature == 0, 0, sample_index(probs, u))
-    return ids.gather(0, j[None])[0]  # gather, not ids[j]: indexing with a tensor reads it back to the host
+    j = torch.where(temperature[:, 0] == 0, 0, sample_index(probs, u))
+    return ids.gather(1, j[:, None])[:, 0]  # gather, not ids[j]: indexing with a tensor reads it back to the host
 
 
 def describe(logits: torch.Tensor, lse: torch.Tensor, token: torch.Tensor, top: torch.return_types.topk
              ) -> torch.Tensor:
-    """[token, its probability, ALT_MAX top ids, their probabilities] as one float64 tensor, so the caller
-    reads the device once per token. Probabilities are the model's own (temperature 1, before top-k/top-p)."""
-    parts = [token[None].double(), (logits.gather(0, token[None]) - lse).exp().double(), top.indices[:ALT_MAX].double(),
-             (top.values[:ALT_MAX] - lse).exp().double()]
-    return torch.cat(parts)
+    """Per stream, [token, its probability, ALT_MAX top ids, their probabilities]: one float64 tensor (B, D),
+    so the caller reads the device once per step. Probabilities are the model's own (temperature 1, before
+    top-k/top-p)."""
+    lse = lse[:, None]
+    parts = [token[:, None].double(), (logits.gather(1, token[:, None]) - lse).exp().double(),
+             top.indices[:, :ALT_MAX].double(), (top.values[:, :ALT_MAX] - lse).exp().double()]
+    return torch.cat(parts, dim=1)
 
 
 def pick_top(logits: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Greedy or top-k (1..TOP_K_MAX) sampling from logits (vocab,), described (see `describe`). One
+    """Greedy or top-k (1..TOP_K_MAX) sampling from logits (B, vocab), described (see `describe`). One
     torch.topk serves the candidates and the alternatives: over 50k logits it is the costliest op here."""
     top = torch.topk(logits, min(TOP_K_MAX, logits.size(-1)))
     return describe(logits, lse, sample_candidates(top.values, top.indices, settings, u), top)
@@ -113,15 +120,15 @@ def pick_top(logits: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u:
 
 def choose_token(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor, lse: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    """The next token from last-position logits (vocab,) drawn with uniform `u`, described (see `describe`).
-    `lse`: logits.logsumexp(-1) if the caller has it (a compiled step computes it fused)."""
+    """Next tokens from last-position logits (B, vocab), all with the same `params`, drawn with uniforms u (B,),
+    described (see `describe`). `lse`: logits.logsumexp(-1) if the caller has it."""
     lse = logits.logsumexp(-1) if lse is None else lse
-    settings = settings_tensor(params, logits.device)
+    settings = settings_tensor([params] * logits.size(0), logits.device)
     if params.greedy or params.top_k:
         return pick_top(logits, lse, settings, u)
     if params.top_p < 1.0:  # the nucleus over the whole vocabulary needs it sorted
         values, ids = torch.sort(logits, descending=True)
     else:
-        values, ids = logits, torch.arange(logits.size(-1), device=logits.device)
+        values, ids = logits, torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
     token = sample_candidates(values, ids, settings, u)
     return describe(logits, lse, token, torch.topk(logits, min(ALT_MAX, logits.size(-1))))

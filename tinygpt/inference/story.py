@@ -1,6 +1,7 @@
 """Stories as text: the engine's token ids turned into UTF-8-safe text pieces, and one playground request as a
 stream of immutable snapshots (the text so far, each piece with its probability and alternatives, the stats
-and any notices), which a UI can render or keep without copying."""
+and any notices), which a UI can render or keep without copying. Snapshots come from an Engine (one stream,
+blocking) or a Batcher (many streams; `astream_story` for asyncio servers)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +9,11 @@ import secrets
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterator
+from typing import AsyncIterator, Iterable, Iterator
 
 from tinygpt.data.tokenizer import Tokenizer
-from tinygpt.inference.engine import Engine
+from tinygpt.inference.batching import Batcher
+from tinygpt.inference.engine import Engine, SampledToken
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.model.gpt import GPT
 
@@ -29,6 +31,24 @@ class GeneratedToken:
     alternatives: tuple[tuple[int, str, float], ...] = ()
 
 
+class Detokenizer:
+    """One stream's SampledTokens as GeneratedTokens: UTF-8-safe text pieces (a character split across tokens
+    appears whole, with the token that completes it) and the alternatives as text."""
+
+    def __init__(self, tokenizer: Tokenizer, params: SamplingParams) -> None:
+        self.tokenizer, self.max_new_tokens = tokenizer, params.max_new_tokens
+        self.text, self.n = tokenizer.stream_decoder(), 0
+
+    def add(self, token: SampledToken) -> GeneratedToken:
+        self.n += 1
+        is_eot = token.id == self.tokenizer.eot_id
+        piece = self.text.flush() if is_eot else self.text.push(token.id)
+        if self.n == self.max_new_tokens and not is_eot:
+            piece += self.text.flush()
+        alts = tuple((a, self.tokenizer.decode([a]), p) for a, p in token.alternatives)
+        return GeneratedToken(token.id, piece, token.prob, alts)
+
+
 def generate(model: GPT | Engine, tokenizer: Tokenizer, prompt: str | list[int],
              params: SamplingParams | None = None, **settings) -> Iterator[GeneratedToken]:
     """Yield each new token with its text. `params`, or SamplingParams fields as keywords
@@ -37,14 +57,9 @@ def generate(model: GPT | Engine, tokenizer: Tokenizer, prompt: str | list[int],
     params = params or SamplingParams(**settings)
     engine = model if isinstance(model, Engine) else Engine(model, eot_id=tokenizer.eot_id)
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    text = tokenizer.stream_decoder()
-    for i, token in enumerate(engine.generate(ids, params)):
-        is_eot = token.id == tokenizer.eot_id
-        piece = text.flush() if is_eot else text.push(token.id)
-        if i == params.max_new_tokens - 1 and not is_eot:
-            piece += text.flush()
-        alts = tuple((a, tokenizer.decode([a]), p) for a, p in token.alternatives)
-        yield GeneratedToken(token.id, piece, token.prob, alts)
+    text = Detokenizer(tokenizer, params)
+    for token in engine.generate(ids, params):
+        yield text.add(token)
 
 
 @dataclass(frozen=True)
@@ -75,26 +90,49 @@ def prompt_notices(n_ids: int, block_size: int) -> tuple[str, ...]:
     return ()
 
 
-def stream_story(engine: Engine, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams
+class StoryBuilder:
+    """One playground request: its cleaned prompt, its seed (drawn if not given, and shown) and its token ids;
+    `add` turns the tokens generated next into the next snapshot."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams, block_size: int) -> None:
+        prompt = clean_prompt(prompt)
+        seed = secrets.randbelow(2**31) if params.seed is None else params.seed
+        self.params = dataclasses.replace(params, seed=seed, alternatives=max(params.alternatives, TOP_ALTERNATIVES))
+        self.ids, self.eot_id = tokenizer.encode(prompt), tokenizer.eot_id
+        self.snapshot = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(self.ids), block_size))
+        self._text, self._start = Detokenizer(tokenizer, self.params), time.perf_counter()
+
+    def add(self, tokens: Iterable[SampledToken]) -> StorySnapshot:
+        snap, n, notices = self.snapshot, self.snapshot.n_tokens, self.snapshot.notices
+        pieces, alternatives, ranks = [], [], []
+        for token in map(self._text.add, tokens):
+            n += 1
+            if token.id == self.eot_id:
+                notices += ("The model ended the story (<|endoftext|>).",)
+                continue
+            pieces.append((token.text, token.prob))
+            alternatives.append(tuple((text, prob) for _, text, prob in token.alternatives))
+            ranks.append(next((r for r, (a, _, _) in enumerate(token.alternatives) if a == token.id), -1))
+        self.snapshot = StorySnapshot(
+            text=snap.text + "".join(p for p, _ in pieces), pieces=snap.pieces + tuple(pieces),
+            alternatives=snap.alternatives + tuple(alternatives), chosen_rank=snap.chosen_rank + tuple(ranks),
+            n_tokens=n, tokens_per_sec=n / max(time.perf_counter() - self._start, 1e-9), seed=snap.seed,
+            notices=notices)
+        return self.snapshot
+
+
+def stream_story(source: Engine | Batcher, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams
                  ) -> Iterator[StorySnapshot]:
     """Yield a StorySnapshot after every sampled token. A params.seed of None draws one (shown to the user)."""
-    prompt = clean_prompt(prompt)
-    seed = secrets.randbelow(2**31) if params.seed is None else params.seed
-    params = dataclasses.replace(params, seed=seed, alternatives=max(params.alternatives, TOP_ALTERNATIVES))
-    ids = tokenizer.encode(prompt)
-    snap = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(ids), engine.block_size))
-    start = time.perf_counter()
-    for token in generate(engine, tokenizer, ids, params):
-        n = snap.n_tokens + 1
-        stats = dict(n_tokens=n, tokens_per_sec=n / max(time.perf_counter() - start, 1e-9))
-        if token.id == tokenizer.eot_id:
-            snap = dataclasses.replace(snap, notices=snap.notices + ("The model ended the story (<|endoftext|>).",),
-                                       **stats)
-        else:
-            alts = tuple((text, prob) for _, text, prob in token.alternatives)
-            rank = next((r for r, (a, _, _) in enumerate(token.alternatives) if a == token.id), -1)
-            snap = dataclasses.replace(snap, text=snap.text + token.text,
-                                       pieces=snap.pieces + ((token.text, token.prob),),
-                                       alternatives=snap.alternatives + (alts,),
-                                       chosen_rank=snap.chosen_rank + (rank,), **stats)
-        yield snap
+    story = StoryBuilder(tokenizer, prompt, params, source.block_size)
+    for token in source.generate(story.ids, story.params):
+        yield story.add([token])
+
+
+async def astream_story(batcher: Batcher, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams,
+                        interval: float = 0.0) -> AsyncIterator[StorySnapshot]:
+    """stream_story for an asyncio server: at most one snapshot per `interval` seconds (the first token and the
+    end at once), holding every token generated since the last."""
+    story = StoryBuilder(tokenizer, prompt, params, batcher.block_size)
+    async for tokens in batcher.chunks(story.ids, story.params, interval):
+        yield story.add(tokens)

@@ -13,16 +13,42 @@ class KVCache(nn.Module):
     always runs over all `max_len` slots with a mask: every step has the same shapes, so a compiled step
     (torch.compile, CUDA graphs) is built once. `pos` holds each stream's next position as a tensor, so
     streams at different positions share a batch, and the step never reads it back to the host.
+    `rows(start, n)` is a cache over some of the batch rows that shares this one's memory: a prompt is
+    prefilled into one row, and a step over the first n rows runs at batch size n.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         shape = (batch_size, n_head, max_len, head_dim)
-        self.layers = nn.ModuleList(_LayerKV(shape, device, dtype) for _ in range(n_layer))
+        self.layers = nn.ModuleList(_LayerKV(torch.zeros(shape, device=device, dtype=dtype),
+                                             torch.zeros(shape, device=device, dtype=dtype)) for _ in range(n_layer))
         self.register_buffer("pos", torch.zeros(batch_size, device=device, dtype=torch.long), persistent=False)
         self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
-        self.register_buffer("rows", torch.arange(batch_size, device=device)[:, None], persistent=False)
+        self.register_buffer("rows_", torch.arange(batch_size, device=device)[:, None], persistent=False)
+        self._views: dict[tuple[int, int], KVCache] = {}
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.size(0)
+
+    def rows(self, start: int, n: int) -> KVCache:
+        """Rows start..start+n-1 as a cache of batch size n, sharing this cache's memory (writes show in both)."""
+        if start == 0 and n == self.batch_size:
+            return self
+        if (start, n) in self._views:  # made once: a step asks for the same view every time
+            return self._views[start, n]
+        view = KVCache(0, 0, 1, 0, 1, self.pos.device)  # empty, then given views of our buffers
+        view.layers = nn.ModuleList(_LayerKV(kv.k[start:start + n], kv.v[start:start + n]) for kv in self.layers)
+        view.pos, view.slots, view.rows_ = self.pos[start:start + n], self.slots, self.rows_[:n]
+        self._views[start, n] = view
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy stream `src` (its keys, values and position) into row `dst`."""
+        for kv in self.layers:
+            kv.k[dst], kv.v[dst] = kv.k[src], kv.v[src]
+        self.pos[dst] = self.pos[src]
 
     def positions(self, T: int) -> torch.Tensor:
         """(B, T) positions of the next T tokens of each stream."""
@@ -36,8 +62,8 @@ class KVCache(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at `positions` (B, T); return the layer's keys and values (B, nh, max_len, hs)."""
         kv = self.layers[layer]
-        kv.k[self.rows, :, positions] = k.transpose(1, 2)  # indexed as (B, T, nh, hs)
-        kv.v[self.rows, :, positions] = v.transpose(1, 2)
+        kv.k[self.rows_, :, positions] = k.transpose(1, 2)  # indexed as (B, T, nh, hs)
+        kv.v[self.rows_, :, positions] = v.transpose(1, 2)
         return kv.k, kv.v
 
     def advance(self, T: int) -> None:
@@ -51,7 +77,7 @@ class KVCache(nn.Module):
 class _LayerKV(nn.Module):
     """One layer's buffers (separate tensors, so writing one layer's slots never touches another's)."""
 
-    def __init__(self, shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)

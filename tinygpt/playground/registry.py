@@ -51,7 +51,9 @@ class ModelRegistry:
 
     def _add(self, source: str, first: bool = False) -> LoadedModel | None:
         try:
-            loaded = self.loader(source, precision=self.config.precision, compile=self.config.compile)
+            c = self.config
+            loaded = self.loader(source, precision=c.precision, compile=c.compile, concurrency=c.concurrency,
+                                 max_queue=c.max_queue)
         except CheckpointError as e:
             log.error("%s", e)
             self.problem, self.problem_plain = problem_text(source, e), f"{source}: could not load the model: {e}"

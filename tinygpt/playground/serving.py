@@ -11,6 +11,7 @@ import torch
 
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.device import pick_device
+from tinygpt.inference.batching import Batcher
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.quantize import for_serving, servable_precision
 from tinygpt.model.gpt import GPT
@@ -39,14 +40,15 @@ class ServeConfig:
     hub_repo: str | None = None  # TINYGPT_HUB_REPO: tried after out/best
     precision: str | None = None  # None: the device's fastest (tinygpt.inference.quantize.default_precision)
     compile: bool = True  # torch.compile the decode step (falls back to eager if compiling fails)
-    concurrency: int = 4  # stories generated at once
-    max_queue: int = 64  # requests waiting beyond those
+    concurrency: int = 32  # stories decoded together, in one batch per step
+    max_queue: int = 64  # requests waiting beyond those (per model); more are refused with a message
     compare: tuple[str, ...] = ()  # --compare: more models (paths or repo ids) visitors may pick side by side
 
 
 @dataclass
 class LoadedModel:
     engine: Engine
+    batcher: Batcher  # what the page's requests go through: every stream shares the engine's steps
     info: dict  # config.json of the checkpoint
     tokenizer: Tokenizer
     source: str  # where it came from, for the page
@@ -79,10 +81,19 @@ def resolve_source(config: ServeConfig, default_dir: str | Path = DEFAULT_CHECKP
     return str(SHIPPED_MODEL) if (SHIPPED_MODEL / "config.json").is_file() else None
 
 
+def batch_sizes(concurrency: int) -> tuple[int, ...]:
+    """The batch sizes a step is compiled for: powers of two up to `concurrency` (a batch is padded to the
+    next, so at most half of a step is padding), and `concurrency` itself."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    return tuple(sorted({2**i for i in range(concurrency.bit_length()) if 2**i <= concurrency} | {concurrency}))
+
+
 def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None,
-                     compile: bool = False) -> LoadedModel:
+                     compile: bool = False, concurrency: int = 32, max_queue: int = 64) -> LoadedModel:
     """Load a local checkpoint directory or a Hub repo id for inference on `device`, converted to
-    `precision` (default: the device's fastest), with the decode step compiled if `compile`."""
+    `precision` (default: the device's fastest), with the decode step compiled if `compile`, served by a
+    Batcher decoding up to `concurrency` streams together with `max_queue` more waiting."""
     device = device or pick_device()
     model, info = load_checkpoint(source, device)
     precision, why = servable_precision(precision, device)
@@ -90,5 +101,6 @@ def load_for_serving(source: str, device: torch.device | None = None, precision:
         log.warning("%s", why)
     served = for_serving(model, precision)
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
-    engine = Engine(served, compile=compile)
-    return LoadedModel(engine, info, Tokenizer(), source, Path(info["directory"]), precision, model.num_params())
+    engine = Engine(served, compile=compile, batch_sizes=batch_sizes(concurrency))
+    return LoadedModel(engine, Batcher(engine, concurrency, max_queue), info, Tokenizer(), source,
+                       Path(info["directory"]), precision, model.num_params())

@@ -3,16 +3,17 @@ model was thinking" (each token shaded by its probability, its alternatives on c
 streams two stories at once from one prompt and seed, with two sets of settings or two models."""
 from __future__ import annotations
 
+import asyncio
 import secrets
-import time
-from typing import Iterable, Iterator
+from typing import AsyncIterator
 
 import gradio as gr
 
+from tinygpt.inference.batching import QueueFull
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.inference.story import StorySnapshot, stream_story
+from tinygpt.inference.story import StorySnapshot, astream_story
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import HOW_TO_GET_A_MODEL
+from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.playground.views import alternatives_table, model_card, request_params, stats_line, token_view
 
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
@@ -32,19 +33,6 @@ def raw(component: gr.components.Component) -> gr.components.Component:
     return component
 
 
-def throttled(snaps: Iterable) -> Iterator:
-    """At most ~30 page updates a second (looks live, leaves the CPU to the model), and always the last."""
-    last_sent, item, held = 0.0, None, False
-    for item in snaps:
-        now = time.perf_counter()
-        held = now - last_sent < UPDATE_INTERVAL_S
-        if not held:
-            last_sent = now
-            yield item
-    if held:
-        yield item
-
-
 def checked_params(*values: object) -> SamplingParams:
     try:
         return request_params(*values)
@@ -52,45 +40,65 @@ def checked_params(*values: object) -> SamplingParams:
         raise gr.Error(str(e), print_exception=False) from None
 
 
+def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
+    """Snapshots of one story through the model's batcher, at most ~30 page updates a second (looks live,
+    leaves the CPU to the model); a busy playground refuses with a message."""
+    async def stream() -> AsyncIterator[StorySnapshot]:
+        try:
+            async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S):
+                yield snap
+        except QueueFull as e:
+            raise gr.Error(str(e), print_exception=False) from None
+    return stream()
+
+
 def make_generate(registry: ModelRegistry):
-    def generate_story(prompt: str, temperature: float, top_k: int, top_p: float, max_new_tokens: int,
-                       seed: float | None) -> Iterator[tuple]:
+    async def generate_story(prompt: str, temperature: float, top_k: int, top_p: float, max_new_tokens: int,
+                             seed: float | None) -> AsyncIterator[tuple]:
         params, loaded = checked_params(temperature, top_k, top_p, max_new_tokens, seed), registry.served
         if loaded is None:
             raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
-        for snap in throttled(stream_story(loaded.engine, loaded.tokenizer, prompt, params)):
+        async for snap in story_stream(loaded, prompt, params):
             yield snap.text, stats_line(snap), *token_view(snap)
 
     return generate_story
 
 
-def side_by_side(a: Iterator[StorySnapshot], b: Iterator[StorySnapshot]) -> Iterator[tuple]:
-    """Both streams advanced a token at a time, in turn: (latest of a, latest of b) after each round."""
-    streams: list = [a, b]
-    latest: list = [None, None]
-    while any(streams):
-        for i, stream in enumerate(streams):
-            if stream is not None and (snap := next(stream, None)) is not None:
-                latest[i] = snap
-            else:
-                streams[i] = None
-        if latest[0] is not None and latest[1] is not None:
-            yield tuple(latest)
+async def side_by_side(a: AsyncIterator[StorySnapshot], b: AsyncIterator[StorySnapshot]) -> AsyncIterator[tuple]:
+    """Both streams advanced at once: (latest of a, latest of b) whenever either has news, once both have."""
+    streams, latest = (a, b), [None, None]
+    pending = {asyncio.ensure_future(anext(s)): i for i, s in enumerate(streams)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                try:
+                    latest[i] = future.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(streams[i]))] = i
+            if None not in latest:
+                yield tuple(latest)
+    finally:  # stopped early: end both stories (their batch rows are freed)
+        for future in pending:
+            future.cancel()
+        for stream in streams:
+            await stream.aclose()
 
 
 def make_compare(registry: ModelRegistry):
-    def compare(prompt: str, seed: float | None, max_new_tokens: int, model_a: str, temperature_a: float,
-                top_k_a: int, top_p_a: float, model_b: str, temperature_b: float, top_k_b: int,
-                top_p_b: float) -> Iterator[tuple]:
+    async def compare(prompt: str, seed: float | None, max_new_tokens: int, model_a: str, temperature_a: float,
+                      top_k_a: int, top_p_a: float, model_b: str, temperature_b: float, top_k_b: int,
+                      top_p_b: float) -> AsyncIterator[tuple]:
         seed = secrets.randbelow(2**31) if seed is None or seed == -1 else seed  # one seed for both sides
         sides = []
         for label, t, k, p in ((model_a, temperature_a, top_k_a, top_p_a), (model_b, temperature_b, top_k_b, top_p_b)):
             params = checked_params(t, k, p, max_new_tokens, seed)
             if label not in registry.models:
                 raise gr.Error(f"model must be one of {registry.labels()}, got {label!r}", print_exception=False)
-            loaded = registry.models[label]
-            sides.append(stream_story(loaded.engine, loaded.tokenizer, prompt, params))
-        for a, b in throttled(side_by_side(*sides)):
+            sides.append((registry.models[label], params))
+        async for a, b in side_by_side(*(story_stream(loaded, prompt, params) for loaded, params in sides)):
             yield a.text, stats_line(a), *token_view(a), b.text, stats_line(b), *token_view(b)
 
     return compare
@@ -131,23 +139,23 @@ def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
     return go, stop
 
 
-def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str, concurrency: int,
+def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str,
          also: list | None = None) -> None:
-    """go (or Enter in `also`) runs fn streaming into outputs; Stop is active only meanwhile and cancels it."""
+    """go (or Enter in `also`) runs fn streaming into outputs; Stop is active only meanwhile and cancels it.
+    No concurrency limit here: each model's Batcher admits, batches, queues and refuses requests itself."""
     busy = (gr.update(interactive=False), gr.update(interactive=True))
     idle = (gr.update(interactive=True), gr.update(interactive=False))
     runs = []
     for i, trigger in enumerate([go.click, *(also or [])]):
         started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
-        run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=concurrency,
-                           concurrency_id="generate", show_progress="hidden",
+        run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden",
                            **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
         run.then(lambda: idle, outputs=[go, stop], queue=False, api_visibility="private")
         runs.append(run)
     stop.click(lambda: idle, outputs=[go, stop], cancels=runs, queue=False, api_visibility="private")
 
 
-def story_tab(registry: ModelRegistry, concurrency: int) -> gr.Button:
+def story_tab(registry: ModelRegistry) -> gr.Button:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
@@ -159,12 +167,11 @@ def story_tab(registry: ModelRegistry, concurrency: int) -> gr.Button:
             gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
         with gr.Column(scale=3):
             story, stats, thinking, view, alternatives = token_panel()
-    wire(go, stop, make_generate(registry), inputs, [story, stats, thinking, view], "generate", concurrency,
-         also=[prompt.submit])
+    wire(go, stop, make_generate(registry), inputs, [story, stats, thinking, view], "generate", also=[prompt.submit])
     return go
 
 
-def compare_tab(registry: ModelRegistry, concurrency: int) -> None:
+def compare_tab(registry: ModelRegistry) -> None:
     labels = registry.labels()
     gr.Markdown("One prompt and seed, two stories at once: two sets of settings, or two models"
                 + ("." if len(labels) > 1 else " (start the app with `--compare PATH_OR_REPO` to offer more)."))
@@ -181,19 +188,18 @@ def compare_tab(registry: ModelRegistry, concurrency: int) -> None:
             panels += list(token_panel(f"-{side}")[:4])
     with gr.Row():
         go, stop = run_buttons("Compare", "-compare")
-    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", concurrency)
+    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare")
 
 
-def build_demo(registry: ModelRegistry, concurrency: int = 4, max_queue: int = 64) -> gr.Blocks:
-    """The whole page. With no model, it says how to get one; with a broken one, what is wrong with it.
-    `concurrency` stories are generated at once; `max_queue` more requests wait."""
+def build_demo(registry: ModelRegistry) -> gr.Blocks:
+    """The whole page. With no model, it says how to get one; with a broken one, what is wrong with it."""
     with gr.Blocks(title="TinyGPT story playground") as demo:
         gr.Markdown(INTRO)
         problem = gr.Markdown(registry.problem or "", visible=registry.problem is not None, elem_id="problem")
         with gr.Tab("Story"):
-            go = story_tab(registry, concurrency)
+            go = story_tab(registry)
         with gr.Tab("Compare"):
-            compare_tab(registry, concurrency)
+            compare_tab(registry)
         with gr.Accordion("Model card", open=registry.served is None):
             card = gr.Markdown(model_card(registry.served), elem_id="model-card")
             served = registry.served
@@ -206,5 +212,5 @@ def build_demo(registry: ModelRegistry, concurrency: int = 4, max_queue: int = 6
                     model_card(registry.served), gr.update(interactive=registry.served is not None))
 
         demo.load(on_load, outputs=[problem, card, go], queue=False, api_visibility="private")
-    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
+    demo.queue(default_concurrency_limit=None)
     return demo

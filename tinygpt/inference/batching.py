@@ -1,0 +1,204 @@
+"""Continuous batching: many streams share each decode step of one Engine.
+
+Decoding a token reads every weight once whether it is for one stream or sixty-four, so a step over a batch of
+streams costs little more than a step for one. A background thread runs the steps: between them, new requests
+join (their prompts prefilled into free cache rows) and finished, stopped or abandoned ones leave (their rows
+freed at once). Each stream keeps its own settings, seed and position, so a seeded request gives the same story
+alone or beside others. Waiting is bounded: past `max_waiting` queued requests, `submit` raises `QueueFull`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from typing import AsyncIterator, Callable, Iterator
+
+from tinygpt.inference.engine import Engine, SampledToken, Stream
+from tinygpt.inference.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Every generation slot is busy and the waiting line is full."""
+
+
+class Request:
+    """One stream's tokens on their way from the batching thread to whoever reads them."""
+
+    def __init__(self, stream: Stream, wake: Callable[[bool], None]) -> None:
+        self.stream, self._wake = stream, wake  # wake(finished): called from the batching thread on news
+        self._lock = threading.Lock()
+        self._tokens: list[SampledToken] = []
+        self.finished = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+
+    def put(self, token: SampledToken) -> None:
+        with self._lock:
+            self._tokens.append(token)
+            self.finished = self.stream.done
+        self._wake(self.finished)
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            self.error, self.finished = error, True
+        self._wake(True)
+
+    def take(self) -> tuple[list[SampledToken], bool]:
+        """The tokens since the last take, and whether the stream has ended (raises its error if it failed)."""
+        with self._lock:
+            tokens, self._tokens = self._tokens, []
+            if self.error is not None:
+                raise self.error
+            return tokens, self.finished
+
+    def cancel(self) -> None:
+        """Stop generating; the stream's cache row is freed before the next step."""
+        self.cancelled = True
+
+
+class Batcher:
+    """Serves `engine`'s model to many concurrent streams. Up to `max_batch` (default: the engine's largest
+    batch size) decode together; `max_waiting` more may queue. Use `generate` (blocking) or `chunks` (asyncio)."""
+
+    def __init__(self, engine: Engine, max_batch: int | None = None, max_waiting: int = 64) -> None:
+        self.engine = engine
+        self.max_batch = max_batch or max(engine.batch_sizes)
+        self.max_waiting = max_waiting
+        self.cache = engine.model.new_cache(engine.padded_size(self.max_batch))
+        self._waiting: deque[Request] = deque()
+        self._active: list[Request] = []  # request i decodes in cache row i
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tinygpt-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def block_size(self) -> int:
+        return self.engine.block_size
+
+    @property
+    def eot_id(self) -> int:
+        return self.engine.eot_id
+
+    def load(self) -> tuple[int, int]:
+        """(streams decoding, requests waiting) right now."""
+        with self._cond:
+            return len(self._active), len(self._waiting)
+
+    def submit(self, ids: list[int], params: SamplingParams, wake: Callable[[bool], None] = lambda finished: None
+               ) -> Request:
+        """Queue a stream; raises QueueFull when every slot is busy and the waiting line is full."""
+        request = Request(self.engine.new_stream(ids, params), wake)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if len(self._active) + len(self._waiting) >= self.max_batch + self.max_waiting:
+                raise QueueFull(f"The playground is busy ({len(self._active)} stories being written, "
+                                f"{len(self._waiting)} waiting). Please try again in a minute.")
+            self._waiting.append(request)
+            self._cond.notify()
+        return request
+
+    def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]:
+        """Yield each new token, as Engine.generate does; closing the iterator cancels the stream."""
+        ready = threading.Event()
+        request = self.submit(ids, params, lambda finished: ready.set())
+        try:
+            while True:
+                ready.wait()
+                ready.clear()
+                tokens, finished = request.take()
+                yield from tokens
+                if finished:
+                    return
+        finally:
+            request.cancel()
+
+    async def chunks(self, ids: list[int], params: SamplingParams, interval: float = 0.0
+                     ) -> AsyncIterator[list[SampledToken]]:
+        """Yield the new tokens in lists, at most one list per `interval` seconds (the first and the last at
+        once). Cancelling the task or closing the iterator cancels the stream."""
+        loop, ready, ended = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+
+        def signal(finished: bool) -> None:
+            ready.set()
+            if finished:
+                ended.set()
+
+        def wake(finished: bool) -> None:  # in the batching thread
+            try:
+                loop.call_soon_threadsafe(signal, finished)
+            except RuntimeError:  # the loop is gone (server shut down): nobody is reading
+                request.cancel()
+
+        request = self.submit(ids, params, wake)
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                tokens, finished = request.take()
+                if tokens:
+                    yield tokens
+                if finished:
+                    return
+                if interval:  # let tokens gather, but not past the stream's end
+                    try:
+                        await asyncio.wait_for(ended.wait(), interval)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            request.cancel()
+
+    def close(self) -> None:
+        """Stop the batching thread; streams still running end with an error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._waiting or self._active or self._closed):
+                    self._cond.wait()
+                if self._closed:
+                    break
+                while self._waiting and len(self._active) < self.max_batch:
+                    request = self._waiting.popleft()
+                    if not request.cancelled:
+                        self._active.append(request)  # its prompt is prefilled by the next step
+            self._step()
+        for request in [*self._active, *self._waiting]:
+            request.fail(RuntimeError("the playground is shutting down"))
+
+    def _step(self) -> None:
+        self._leave(lambda r: r.cancelled)
+        if not self._active:
+            return
+        try:
+            tokens = self.engine.advance(self.cache, [r.stream for r in self._active])
+        except Exception as e:  # noqa: BLE001 - a failed step ends its streams with the error, not the server
+            log.exception("decode step failed")
+            for request in self._active:
+                request.fail(e)
+            with self._cond:
+                self._active.clear()
+            return
+        for request, token in zip(self._active, tokens):
+            request.put(token)
+        self._leave(lambda r: r.stream.done)
+
+    def _leave(self, gone: Callable[[Request], bool]) -> None:
+        """Drop the requests `gone` says; the last active stream moves into each freed row, so rows stay packed."""
+        with self._cond:
+            for i in reversed(range(len(self._active))):
+                if gone(self._active[i]):
+                    last = len(self._active) - 1
+                    if i != last:
+                        self.cache.move_row(last, i)
+                        self._active[i] = self._active[last]
+                    self._active.pop()
+
