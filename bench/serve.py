@@ -176,6 +176,7 @@ def main() -> None:
         try:
             print(f"app on 127.0.0.1:{port}, {args.concurrency} streams per step, {args.max_queue} may wait, "
                   f"{args.max_new_tokens} new tokens per request", flush=True)
+            run_round(f"http://127.0.0.1:{port}/", 1, 8, 1)  # warm up (the first request pays one-time costs)
             for n in args.users:
                 rate = report(n, run_round(f"http://127.0.0.1:{port}/", n, args.max_new_tokens, args.repeats))
                 if n == 1 and rate:

@@ -20,8 +20,9 @@ def batcher(trained_like):
     b.close()
 
 
-REQUESTS = [  # prompts of different lengths, each with its own settings and seed; one runs past the context
+REQUESTS = [  # each with its own settings and seed; one runs past the context; two of one length join together
     ([1, 2, 3], SamplingParams(temperature=1.0, top_k=20, seed=1, max_new_tokens=50, stop_at_eot=False)),
+    ([4, 5, 6], SamplingParams(temperature=0.9, top_k=50, seed=5, max_new_tokens=40, stop_at_eot=False)),
     ([464], SamplingParams(temperature=0.7, top_k=200, top_p=0.9, seed=2, max_new_tokens=20, stop_at_eot=False)),
     (list(range(100, 130)), SamplingParams(temperature=0, max_new_tokens=3 * TINY.block_size, stop_at_eot=False)),
     ([7, 8], SamplingParams(temperature=1.2, top_k=0, top_p=0.95, seed=4, max_new_tokens=30, stop_at_eot=False)),

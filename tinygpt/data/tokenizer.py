@@ -52,6 +52,15 @@ class Tokenizer:
 
     def __init__(self) -> None:
         self.enc = _encoding()
+        self._texts: dict[int, str] = {}  # id -> its text alone, filled as ids are seen
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text on its own (remembered: a playground shows a few thousand distinct ids' texts
+        as alternatives, many times each)."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.decode([token_id])
+        return text
 
     def encode(self, text: str, allow_eot: bool = False) -> list[int]:
         """Text to ids. `<|endoftext|>` in the text is plain text unless `allow_eot`."""

@@ -72,6 +72,8 @@ class Batcher:
         self._active: list[Request] = []  # request i decodes in cache row i
         self._cond = threading.Condition()
         self._closed = False
+        self._signals: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}  # see _signal
+        self._signals_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="tinygpt-batcher", daemon=True)
         self._thread.start()
 
@@ -117,10 +119,12 @@ class Batcher:
         finally:
             request.cancel()
 
-    async def chunks(self, ids: list[int], params: SamplingParams, interval: float = 0.0
+    async def chunks(self, ids: list[int], params: SamplingParams, interval: float = 0.0, total_rate: float = 0.0
                      ) -> AsyncIterator[list[SampledToken]]:
         """Yield the new tokens in lists, at most one list per `interval` seconds (the first and the last at
-        once). Cancelling the task or closing the iterator cancels the stream."""
+        once) and, with `total_rate`, about that many lists a second over all streams: a busy server updates
+        each page less often, leaving the CPU to the model. Cancelling or closing the iterator cancels the
+        stream."""
         loop, ready, ended = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
 
         def signal(finished: bool) -> None:
@@ -128,13 +132,7 @@ class Batcher:
             if finished:
                 ended.set()
 
-        def wake(finished: bool) -> None:  # in the batching thread
-            try:
-                loop.call_soon_threadsafe(signal, finished)
-            except RuntimeError:  # the loop is gone (server shut down): nobody is reading
-                request.cancel()
-
-        request = self.submit(ids, params, wake)
+        request = self.submit(ids, params, lambda finished: self._signal(loop, lambda: signal(finished)))
         try:
             while True:
                 await ready.wait()
@@ -144,13 +142,34 @@ class Batcher:
                     yield tokens
                 if finished:
                     return
-                if interval:  # let tokens gather, but not past the stream's end
+                wait = max(interval, sum(self.load()) / total_rate if total_rate else 0.0)
+                if wait:  # let tokens gather, but not past the stream's end
                     try:
-                        await asyncio.wait_for(ended.wait(), interval)
+                        await asyncio.wait_for(ended.wait(), wait)
                     except asyncio.TimeoutError:
                         pass
         finally:
             request.cancel()
+
+    def _signal(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """Run `callback` in `loop`'s thread. One step's signals to one loop go in one cross-thread call (each
+        wakes the server's thread, which then competes with the model for the CPU)."""
+        with self._signals_lock:
+            pending = self._signals.setdefault(loop, [])
+            pending.append(callback)
+            first = len(pending) == 1
+        if first:
+            try:
+                loop.call_soon_threadsafe(self._run_signals, loop)
+            except RuntimeError:  # the loop is closed: nobody is reading
+                with self._signals_lock:
+                    self._signals.pop(loop, None)
+
+    def _run_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._signals_lock:
+            pending = self._signals.pop(loop, [])
+        for callback in pending:
+            callback()
 
     def close(self) -> None:
         """Stop the batching thread; streams still running end with an error."""

@@ -130,9 +130,7 @@ class Engine:
     def advance(self, cache: KVCache, streams: list[Stream]) -> list[SampledToken]:
         """One decode step: stream i, in row i of `cache`, feeds its newest token and gets the next one (also
         appended to its context). Rows past the streams, up to the padded size, are scratch."""
-        for row, stream in enumerate(streams):
-            if stream.stale:
-                self.load(cache, row, stream)
+        self._load_stale(cache, streams)
         n, B = len(streams), self.padded_size(len(streams))
         view = cache.rows(0, B)
         idx = torch.tensor([s.context[-1] for s in streams] + [self.eot_id] * (B - n), device=self.device)[:, None]
@@ -150,20 +148,37 @@ class Engine:
     def _eager_pick(self, *args: torch.Tensor) -> torch.Tensor:
         return _eager_decode_pick(self.model)(*args)
 
-    def load(self, cache: KVCache, row: int, stream: Stream) -> None:
-        """Encode all of the stream's context but its last token into `row` of `cache`, from position 0."""
-        view = cache.rows(row, 1)
+    def _load_stale(self, cache: KVCache, streams: list[Stream]) -> None:
+        """Load every stale stream; neighbours whose contexts have the same length in one forward (streams
+        that join together, as a crowd arriving with one example prompt does, are prefilled as a batch)."""
+        row = 0
+        while row < len(streams):
+            if not streams[row].stale:
+                row += 1
+                continue
+            end = row + 1
+            while end < len(streams) and streams[end].stale and len(streams[end].context) == len(streams[row].context):
+                end += 1
+            self.load(cache, row, streams[row:end])
+            row = end
+
+    def load(self, cache: KVCache, row: int, streams: list[Stream]) -> None:
+        """Encode all but the last token of each stream's context (all of one length) into rows row, row+1, ...
+        of `cache`, from position 0."""
+        view = cache.rows(row, len(streams))
         view.reset(0)
-        if len(stream.context) > 1:
-            self.model(torch.tensor([stream.context[:-1]], dtype=torch.long, device=self.device), cache=view)
-        stream.stale = False
+        if len(streams[0].context) > 1:
+            contexts = [s.context[:-1] for s in streams]
+            self.model(torch.tensor(contexts, dtype=torch.long, device=self.device), cache=view)
+        for stream in streams:
+            stream.stale = False
 
     @torch.no_grad()
     def logits(self, cache: KVCache, stream: Stream) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing (tests, evaluation): feed a single stream's newest token (cache row 0) and return the
         next-token logits (vocab,) and their logsumexp, without sampling. `stream.push` the next token."""
         if stream.stale:
-            self.load(cache, 0, stream)
+            self.load(cache, 0, [stream])
         logits, lse = self._logits(torch.tensor([[stream.context[-1]]], device=self.device), cache.rows(0, 1))
         return logits[0], lse[0]
 

@@ -36,7 +36,8 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scales)
+        # contiguous: the kernels refuse strided rows (the last position of a batched prefill is one)
+        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.weight_int8, self.scales)
         y = y.view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
@@ -58,8 +59,8 @@ class Int4Head(nn.Module):
         self.in_features, self.out_features = k, n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).bfloat16(), self.packed,
-                                                       self.GROUP, self.scales_zeros)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).bfloat16().contiguous(),
+                                                       self.packed, self.GROUP, self.scales_zeros)
         return y[:, :self.out_features].float().view(*x.shape[:-1], self.out_features)
 
 

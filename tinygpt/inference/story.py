@@ -45,7 +45,7 @@ class Detokenizer:
         piece = self.text.flush() if is_eot else self.text.push(token.id)
         if self.n == self.max_new_tokens and not is_eot:
             piece += self.text.flush()
-        alts = tuple((a, self.tokenizer.decode([a]), p) for a, p in token.alternatives)
+        alts = tuple((a, self.tokenizer.token_text(a), p) for a, p in token.alternatives)
         return GeneratedToken(token.id, piece, token.prob, alts)
 
 
@@ -130,9 +130,9 @@ def stream_story(source: Engine | Batcher, tokenizer: Tokenizer, prompt: str | N
 
 
 async def astream_story(batcher: Batcher, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams,
-                        interval: float = 0.0) -> AsyncIterator[StorySnapshot]:
-    """stream_story for an asyncio server: at most one snapshot per `interval` seconds (the first token and the
-    end at once), holding every token generated since the last."""
+                        interval: float = 0.0, total_rate: float = 0.0) -> AsyncIterator[StorySnapshot]:
+    """stream_story for an asyncio server: a snapshot per list of tokens from `Batcher.chunks` (at most one per
+    `interval` seconds; see there for `total_rate`), holding every token generated since the last."""
     story = StoryBuilder(tokenizer, prompt, params, batcher.block_size)
-    async for tokens in batcher.chunks(story.ids, story.params, interval):
+    async for tokens in batcher.chunks(story.ids, story.params, interval, total_rate):
         yield story.add(tokens)

@@ -26,7 +26,7 @@ class KVCache(nn.Module):
         self.register_buffer("pos", torch.zeros(batch_size, device=device, dtype=torch.long), persistent=False)
         self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
         self.register_buffer("rows_", torch.arange(batch_size, device=device)[:, None], persistent=False)
-        self._views: dict[tuple[int, int], KVCache] = {}
+        self._views: dict[int, KVCache] = {}  # n -> rows(0, n)
 
     @property
     def batch_size(self) -> int:
@@ -36,12 +36,13 @@ class KVCache(nn.Module):
         """Rows start..start+n-1 as a cache of batch size n, sharing this cache's memory (writes show in both)."""
         if start == 0 and n == self.batch_size:
             return self
-        if (start, n) in self._views:  # made once: a step asks for the same view every time
-            return self._views[start, n]
+        if start == 0 and n in self._views:  # made once: each step asks for one of a few such views
+            return self._views[n]
         view = KVCache(0, 0, 1, 0, 1, self.pos.device)  # empty, then given views of our buffers
         view.layers = nn.ModuleList(_LayerKV(kv.k[start:start + n], kv.v[start:start + n]) for kv in self.layers)
         view.pos, view.slots, view.rows_ = self.pos[start:start + n], self.slots, self.rows_[:n]
-        self._views[start, n] = view
+        if start == 0:
+            self._views[n] = view
         return view
 
     def move_row(self, src: int, dst: int) -> None:

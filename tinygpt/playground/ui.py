@@ -19,7 +19,8 @@ from tinygpt.playground.views import alternatives_table, model_card, request_par
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
             "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
             "Ben had a red ball. He"]
-UPDATE_INTERVAL_S = 1 / 30
+UPDATE_INTERVAL_S = 1 / 30  # looks live
+UPDATES_PER_S = 120  # page updates a second over all stories: more would take the CPU from the model
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
@@ -41,11 +42,12 @@ def checked_params(*values: object) -> SamplingParams:
 
 
 def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
-    """Snapshots of one story through the model's batcher, at most ~30 page updates a second (looks live,
-    leaves the CPU to the model); a busy playground refuses with a message."""
+    """Snapshots of one story through the model's batcher, at most ~30 page updates a second, fewer when many
+    stories run; a busy playground refuses with a message."""
     async def stream() -> AsyncIterator[StorySnapshot]:
         try:
-            async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S):
+            async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
+                                            UPDATES_PER_S):
                 yield snap
         except QueueFull as e:
             raise gr.Error(str(e), print_exception=False) from None
@@ -59,7 +61,7 @@ def make_generate(registry: ModelRegistry):
         if loaded is None:
             raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
         async for snap in story_stream(loaded, prompt, params):
-            yield snap.text, stats_line(snap), *token_view(snap)
+            yield snap.text, stats_line(snap), snap
 
     return generate_story
 
@@ -99,7 +101,7 @@ def make_compare(registry: ModelRegistry):
                 raise gr.Error(f"model must be one of {registry.labels()}, got {label!r}", print_exception=False)
             sides.append((registry.models[label], params))
         async for a, b in side_by_side(*(story_stream(loaded, prompt, params) for loaded, params in sides)):
-            yield a.text, stats_line(a), *token_view(a), b.text, stats_line(b), *token_view(b)
+            yield a.text, stats_line(a), a, b.text, stats_line(b), b
 
     return compare
 
@@ -116,21 +118,31 @@ def seed_box(**kwargs) -> gr.Number:
     return raw(gr.Number(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)", **kwargs))
 
 
-def show_alternatives(view: tuple, evt: gr.SelectData) -> str:
+def show_tokens(snap: StorySnapshot | None) -> list:
+    """The shaded tokens of a story. Sent once the story ends or is stopped, not with every update: Gradio
+    builds and diffs an object per token for this view, which cost more than the model on 16 streams."""
+    return token_view(snap)[0] if snap is not None else []
+
+
+def show_alternatives(snap: StorySnapshot | None, evt: gr.SelectData) -> str:
     """The clicked token, marked among the alternatives the model considered there."""
-    return alternatives_table(view, evt.index if isinstance(evt.index, int) else evt.index[0])
+    if snap is None:
+        return ""
+    return alternatives_table(token_view(snap)[1], evt.index if isinstance(evt.index, int) else evt.index[0])
 
 
 def token_panel(suffix: str = "") -> tuple:
-    """The story, its stats, the shaded tokens, and the alternatives at a clicked token."""
+    """The story, its stats, its latest snapshot (kept on the server), the shaded tokens, and the alternatives
+    at a clicked token."""
     story = gr.Textbox(label="Story", lines=10, interactive=False, elem_id=f"story{suffix}")
     stats = gr.Markdown(elem_id=f"stats{suffix}")
-    thinking = gr.HighlightedText(label="Token probabilities (darker = more confident; click one)",
-                                  show_legend=False, show_inline_category=False, elem_id=f"thinking{suffix}")
+    snapshot = gr.State(None)
+    thinking = gr.HighlightedText(label="Token probabilities, once the story ends (darker = more confident; "
+                                  "click one)", show_legend=False, show_inline_category=False,
+                                  elem_id=f"thinking{suffix}")
     alternatives = gr.Markdown(elem_id=f"alternatives{suffix}")
-    view = gr.State(())
-    thinking.select(show_alternatives, inputs=[view], outputs=[alternatives], api_visibility="private")
-    return story, stats, thinking, view, alternatives
+    thinking.select(show_alternatives, inputs=[snapshot], outputs=[alternatives], api_visibility="private")
+    return story, stats, snapshot, thinking, alternatives
 
 
 def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
@@ -139,20 +151,27 @@ def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
     return go, stop
 
 
-def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str,
+def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str, views: list[tuple],
          also: list | None = None) -> None:
     """go (or Enter in `also`) runs fn streaming into outputs; Stop is active only meanwhile and cancels it.
-    No concurrency limit here: each model's Batcher admits, batches, queues and refuses requests itself."""
+    Either way, each (snapshot, thinking) pair in `views` then shows its shaded tokens. No concurrency limit
+    here: each model's Batcher admits, batches, queues and refuses requests itself."""
     busy = (gr.update(interactive=False), gr.update(interactive=True))
     idle = (gr.update(interactive=True), gr.update(interactive=False))
+    snapshots, thinking = [v[0] for v in views], [v[1] for v in views]
+
+    def finish(*snaps: StorySnapshot | None) -> tuple:
+        return (*idle, *map(show_tokens, snaps))
+
     runs = []
     for i, trigger in enumerate([go.click, *(also or [])]):
         started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
         run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden",
                            **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
-        run.then(lambda: idle, outputs=[go, stop], queue=False, api_visibility="private")
+        run.then(finish, inputs=snapshots, outputs=[go, stop, *thinking], queue=False, api_visibility="private")
         runs.append(run)
-    stop.click(lambda: idle, outputs=[go, stop], cancels=runs, queue=False, api_visibility="private")
+    stop.click(finish, inputs=snapshots, outputs=[go, stop, *thinking], cancels=runs, queue=False,
+               api_visibility="private")
 
 
 def story_tab(registry: ModelRegistry) -> gr.Button:
@@ -166,8 +185,9 @@ def story_tab(registry: ModelRegistry) -> gr.Button:
                 go, stop = run_buttons("Generate")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
         with gr.Column(scale=3):
-            story, stats, thinking, view, alternatives = token_panel()
-    wire(go, stop, make_generate(registry), inputs, [story, stats, thinking, view], "generate", also=[prompt.submit])
+            story, stats, snapshot, thinking, _ = token_panel()
+    wire(go, stop, make_generate(registry), inputs, [story, stats, snapshot], "generate", [(snapshot, thinking)],
+         also=[prompt.submit])
     return go
 
 
@@ -178,17 +198,19 @@ def compare_tab(registry: ModelRegistry) -> None:
     prompt = gr.Textbox(label="Story start", value=EXAMPLES[0], lines=2, elem_id="compare-prompt")
     with gr.Row():
         seed, max_new = seed_box(), slider("max_new_tokens", value=120, elem_id="compare-max-new")
-    sides, panels = [], []
+    sides, panels, views = [], [], []
     for side in ("a", "b"):
         with gr.Column():
             model = raw(gr.Dropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
                                     elem_id=f"model-{side}"))
             sides += [model, slider("temperature", elem_id=f"temperature-{side}",
                                     value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
-            panels += list(token_panel(f"-{side}")[:4])
+            story, stats, snapshot, thinking, _ = token_panel(f"-{side}")
+            panels += [story, stats, snapshot]
+            views.append((snapshot, thinking))
     with gr.Row():
         go, stop = run_buttons("Compare", "-compare")
-    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare")
+    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", views)
 
 
 def build_demo(registry: ModelRegistry) -> gr.Blocks:
