@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and registry.served is None:  # the operator named this model: stop, and say why
         print(f"app.py: error: {registry.problem_plain}", file=sys.stderr)
         return 2
+    # Gradio runs at most max_threads events at once (default 40): every story decoding or waiting is one
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
-                prevent_thread_lock=True)
+                prevent_thread_lock=True, max_threads=max(40, args.concurrency + args.max_queue + 8))
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     print(f"TinyGPT playground: http://{host}:{demo.server_port}/" + (f"  (public: {demo.share_url})" if
           demo.share_url else "") + "  — Ctrl-C to stop", flush=True)
