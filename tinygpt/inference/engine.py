@@ -122,7 +122,7 @@ class Engine:
     def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]:
         """Yield each new token of one stream as it is sampled (a batch of one). Stops after <|endoftext|>
         when params.stop_at_eot, or after params.max_new_tokens."""
-        stream, cache = self.new_stream(ids, params), self.model.new_cache(1)
+        stream, cache = self.new_stream(ids, params), self.model.new_cache(self.padded_size(1))
         while not stream.done:
             yield self.advance(cache, [stream])[0]
 
