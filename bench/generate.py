@@ -49,7 +49,7 @@ def no_cache(model, prompt):
         ids, g = list(prompt), torch.Generator().manual_seed(0)
         for _ in range(NEW):
             logits, _ = model(torch.tensor([ids[-model.config.block_size:]]))
-            ids.append(int(choose_token(logits[0, -1].float(), PARAMS, torch.rand((), generator=g))[0]))
+            ids.append(int(choose_token(logits[:, -1].float(), PARAMS, torch.rand(1, generator=g))[0, 0]))
         return NEW
     return run
 
