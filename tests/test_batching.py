@@ -55,8 +55,13 @@ def test_batched_streams_get_the_stories_they_get_alone(trained_like, batcher, s
     assert batcher.load() == (0, 0)  # every row freed
 
 
-def test_async_chunks_deliver_every_token_in_order(trained_like, batcher):
+def test_async_chunks_deliver_every_token_in_order_waking_the_reader_once_a_chunk(trained_like, batcher,
+                                                                                  monkeypatch):
+    """Catches lost or reordered tokens, and a reader woken for every token (each wake-up takes the server's
+    thread from its sleep, and CPU from the model)."""
     ids, params = REQUESTS[0]
+    signals, signal = [], batcher._signal
+    monkeypatch.setattr(batcher, "_signal", lambda *a: (signals.append(1), signal(*a)))
 
     async def collect():
         return [chunk async for chunk in batcher.chunks(ids, params, interval=0.01)]
@@ -64,6 +69,7 @@ def test_async_chunks_deliver_every_token_in_order(trained_like, batcher):
     chunks = asyncio.run(collect())
     assert [t.id for chunk in chunks for t in chunk] == [t.id for t in Engine(trained_like).generate(ids, params)]
     assert 1 < len(chunks) < params.max_new_tokens  # tokens were gathered, but not all at once
+    assert len(signals) <= len(chunks) + 1
 
 
 def slow_steps(monkeypatch, seconds=0.02):

@@ -126,18 +126,27 @@ class Batcher:
         each page less often, leaving the CPU to the model. Cancelling or closing the iterator cancels the
         stream."""
         loop, ready, ended = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+        idle = [False]  # the reader is waiting for tokens (not gathering them): only then is a token news
 
         def signal(finished: bool) -> None:
             ready.set()
             if finished:
                 ended.set()
 
-        request = self.submit(ids, params, lambda finished: self._signal(loop, lambda: signal(finished)))
+        def wake(finished: bool) -> None:  # in the batching thread; each signal wakes the server's thread
+            if finished or idle[0]:
+                self._signal(loop, lambda: signal(finished))
+
+        request = self.submit(ids, params, wake)
         try:
             while True:
-                await ready.wait()
-                ready.clear()
+                idle[0] = True  # before take(): a token put after it is signalled
                 tokens, finished = request.take()
+                if not (tokens or finished):
+                    await ready.wait()
+                    ready.clear()
+                    continue
+                idle[0] = False
                 if tokens:
                     yield tokens
                 if finished:
