@@ -87,7 +87,7 @@ class Engine:
         self.keep = max(1, self.block_size - max(1, self.block_size // 4))
         self.device = model.transformer.wpe.weight.device
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
-        self._logits = _eager_decode(model)
+        self._logits, self._eager_pick = _eager_decode(model), _eager_decode_pick(model)
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> compiled decode-and-sample
         self.compiled = compile and self._try_compile()
 
@@ -144,9 +144,6 @@ class Engine:
         if B > n:
             view.pos[n:] = 0  # scratch rows must never run past the cache
         return [stream.accept(row) for stream, row in zip(streams, out.tolist())]  # the one read per step
-
-    def _eager_pick(self, *args: torch.Tensor) -> torch.Tensor:
-        return _eager_decode_pick(self.model)(*args)
 
     def _load_stale(self, cache: KVCache, streams: list[Stream]) -> None:
         """Load every stale stream; neighbours whose contexts have the same length in one forward (streams
