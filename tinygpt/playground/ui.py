@@ -41,17 +41,15 @@ def checked_params(*values: object) -> SamplingParams:
         raise gr.Error(str(e), print_exception=False) from None
 
 
-def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
+async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
     """Snapshots of one story through the model's batcher, at most ~30 page updates a second, fewer when many
     stories run; a busy playground refuses with a message."""
-    async def stream() -> AsyncIterator[StorySnapshot]:
-        try:
-            async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
-                                            UPDATES_PER_S):
-                yield snap
-        except QueueFull as e:
-            raise gr.Error(str(e), print_exception=False) from None
-    return stream()
+    try:
+        async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
+                                        UPDATES_PER_S):
+            yield snap
+    except QueueFull as e:
+        raise gr.Error(str(e), print_exception=False) from None
 
 
 def make_generate(registry: ModelRegistry):
