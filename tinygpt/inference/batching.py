@@ -3,8 +3,9 @@
 Decoding a token reads every weight once whether it is for one stream or sixty-four, so a step over a batch of
 streams costs little more than a step for one. A background thread runs the steps: between them, new requests
 join (their prompts prefilled into free cache rows) and finished, stopped or abandoned ones leave (their rows
-freed at once). Each stream keeps its own settings, seed and position, so in fp32 a seeded request gives the same
-story alone or beside others (a compiled 16-bit step rounds differently at batch size 1 than at 2 and up).
+freed at once). Each stream keeps its own settings, seed and position, so a seeded request gives the same story
+alone or beside others: in fp32, and in the default int4 (whose compiled step rounds a row alike at every batch
+size; see engine.compile_step), both measured by bench/batching.py.
 Waiting is bounded: past `max_batch + max_waiting` requests, `submit` raises `QueueFull`.
 """
 from __future__ import annotations
