@@ -159,6 +159,18 @@ def report(users: int, round_: dict) -> float | None:
     return statistics.median(rate)
 
 
+def single_user(url: str, alone: EngineAlone, max_new: int, rounds: int) -> None:
+    """N=1, each round paired with one story from the engine alone (the host's load moves: a shared VM), and
+    the ratio of their medians."""
+    pairs = [(alone.rate(i + 1), run_round(url, 1, max_new, 1)) for i in range(rounds)]
+    engine = statistics.median(a for a, _ in pairs)
+    print(f"engine alone (compiled, one stream, rounds interleaved with N=1): {engine:.1f} tok/s", flush=True)
+    rate = report(1, {"results": sum((r["results"] for _, r in pairs), []),
+                      "aggregate": statistics.median(r["aggregate"] for _, r in pairs)})
+    if rate:
+        print(f"N=1 per-user tokens/s / engine alone: {rate / engine:.2f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint to serve (default: random reference-size weights)")
@@ -185,17 +197,8 @@ def main() -> None:
                   f"{args.max_new_tokens} new tokens per request", flush=True)
             run_round(url, 1, 8, 1)  # warm up (the first request pays one-time costs)
             for n in args.users:
-                if n == 1:  # one story alone, one through the page, in turn: the host's load moves (shared VM)
-                    pairs = [(alone.rate(i + 1), run_round(url, 1, args.max_new_tokens, 1))
-                             for i in range(4 * args.repeats)]  # short rounds: more of them for a steady median
-                    engine = statistics.median(a for a, _ in pairs)
-                    print(f"engine alone (compiled, one stream, rounds interleaved with N=1): {engine:.1f} tok/s",
-                          flush=True)
-                    round_ = {"results": sum((r["results"] for _, r in pairs), []),
-                              "aggregate": statistics.median(r["aggregate"] for _, r in pairs)}
-                    rate = report(1, round_)
-                    if rate:
-                        print(f"N=1 per-user tokens/s / engine alone: {rate / engine:.2f}", flush=True)
+                if n == 1:
+                    single_user(url, alone, args.max_new_tokens, 4 * args.repeats)  # short: more rounds
                 else:
                     report(n, run_round(url, n, args.max_new_tokens, args.repeats))
         finally:
