@@ -10,7 +10,7 @@ from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import ServeConfig
+from tinygpt.playground.serving import ServeConfig, load_for_serving
 from tinygpt.playground.ui import side_by_side
 from tinygpt.playground.views import alternatives_table, request_params, stats_line, token_view
 from tinygpt.sharing.ship import SHIPPED_MODEL
@@ -51,6 +51,21 @@ def test_an_explicit_model_is_never_swapped_or_replaced(tmp_path, ckpt):
     assert reg.served is None and "no such checkpoint directory" in reg.problem_plain
     shutil.copytree(ckpt, tmp_path / "out" / "best")
     assert not reg.refresh() and reg.served is None
+
+
+def test_a_model_named_twice_is_loaded_once(tmp_path, ckpt):
+    """Catches a second load under a label already offered: the dict kept the first model, and the second one's
+    batching thread and KV cache lived on, unreachable, for the life of the server."""
+    loads = []
+
+    def loader(source, **kwargs):
+        loads.append(source)
+        return load_for_serving(source, **kwargs)
+
+    reg = ModelRegistry(ServeConfig(compile=False, checkpoint=str(ckpt), compare=(str(ckpt), str(ckpt))),
+                        default_dir=tmp_path / "out" / "best", loader=loader)
+    assert loads == [str(ckpt)] and reg.labels() == [str(ckpt)]
+    reg.served.batcher.close()
 
 
 def test_compare_models_are_offered_by_label(tmp_path, ckpt):

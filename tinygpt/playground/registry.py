@@ -50,16 +50,23 @@ class ModelRegistry:
         return list(self.models)
 
     def _add(self, source: str, first: bool = False) -> LoadedModel | None:
-        try:
-            c = self.config
-            loaded = self.loader(source, precision=c.precision, compile=c.compile, concurrency=c.concurrency,
-                                 max_queue=c.max_queue)
-        except CheckpointError as e:
-            log.error("%s", e)
-            self.problem, self.problem_plain = problem_text(source, e), f"{source}: could not load the model: {e}"
-            return None
+        """Offer `source`, first when `first`. Loaded once per label: each load starts a batching thread and
+        allocates its cache, so a model named twice (served and compared, say) is one model."""
         label = label_of(source)
-        self.models = {label: loaded, **self.models} if first else {**self.models, label: loaded}
+        loaded = self.models.get(label)
+        if loaded is None:
+            try:
+                c = self.config
+                loaded = self.loader(source, precision=c.precision, compile=c.compile, concurrency=c.concurrency,
+                                     max_queue=c.max_queue)
+            except CheckpointError as e:
+                log.error("%s", e)
+                self.problem = problem_text(source, e)
+                self.problem_plain = f"{source}: could not load the model: {e}"
+                return None
+            self.models = {**self.models, label: loaded}
+        if first:
+            self.models = {label: loaded, **self.models}  # a repeated key keeps its first place
         return loaded
 
     def _load_served(self) -> None:
