@@ -212,9 +212,9 @@ def _skipping_guards(compiled: Callable) -> Callable:
 def compile_step(fn: Callable, device: torch.device) -> Callable:
     """`fn` (a decode step through GPT.forward, one token per stream) under torch.compile: static shapes, one
     graph per batch size. CPU: Inductor's C++ wrapper calls the generated kernels from C++ (the 30M model's
-    step measured 1.7 ms instead of 3.1 ms eager here), and Welford variance in every LayerNorm: Inductor's default
-    takes it for a single row only and a two-pass sum for more, which rounds differently, so a seeded story
-    changed (3 of 16 the same) when a second user joined the batch; with one algorithm, 16 of 16 (bench/batching.py),
-    at no measured cost. CUDA: the default mode; CUDA graphs would need the cache at fixed addresses."""
+    step measured 1.7 ms instead of 3.1 ms eager here), and Welford variance in every LayerNorm at every batch
+    size: by default Inductor uses it for one row and a two-pass sum for more, which round differently, so a
+    seeded story changed when a second user joined (bench/batching.py: 3 of 16 the same, now 16 of 16; no
+    measured cost). CUDA: the default mode; CUDA graphs would need the cache at fixed addresses."""
     options = {"cpp_wrapper": True, "cpp.use_two_step_variance_threshold": 0} if device.type == "cpu" else None
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
