@@ -99,6 +99,48 @@ def test_kept_token_model_decodes_like_its_full_forward():
     torch.testing.assert_close(engine.logits(cache, stream)[0], full[0, 2], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("vocab, kept, shared_at", [(50257, 300, "top"), (50257, 300, "middle"), (50257, 300, "below"),
+                                                     (40, 30, "middle"), (40, 30, "top")])
+def test_vocab_topk_equals_the_topk_of_every_ids_logit(vocab, kept, shared_at):
+    """Catches the decode step's ranking of head rows (GPT.vocab_topk) drifting from the logits over every id:
+    the shared row's ids missing, counted once, in the wrong place, or given the shared row's raw logit, a kept
+    row given another id, or the rows after the shared ones skipped (a vocabulary where fewer ids share it than
+    the top-k holds). Ties may come in any order, so it compares values, and each id's own logit."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=vocab, block_size=4, n_layer=1, n_head=1, n_embd=4, kept_tokens=kept)
+    model = GPT(config, kept_ids=torch.randperm(vocab)[:kept])  # not sorted: rows and ids in different orders
+    rows = torch.randn(3, kept + 1)
+    cost = model.shared_row_cost()
+    rows[:, -1] = {"top": 20.0 + cost, "middle": rows[:, :-1].median() + cost, "below": -20.0}[shared_at]
+    k = min(200, vocab)
+    values, ids = model.vocab_topk(rows, k)
+    full = model.vocab_logits(rows)
+    assert torch.equal(values, full.topk(k).values)
+    assert torch.equal(full.gather(1, ids), values)
+    assert all(len(set(r)) == k for r in ids.tolist())
+    other = GPT(config)  # the id tables follow a loaded row_of
+    other.load_state_dict(model.state_dict())
+    assert torch.equal(other.vocab_topk(rows, k)[1], ids)
+
+
+def test_kept_token_engine_reports_the_full_vocabulary_probabilities():
+    """Catches the decode step's token, probability or alternatives differing from a softmax over all 50,257
+    logits of a kept-token model (the rows' logsumexp must count the shared row once, not once per id)."""
+    from tinygpt.inference.engine import Engine
+    from tinygpt.inference.sampling import SamplingParams
+
+    model, ids = kept_model(), [10, 999, 30]
+    params = SamplingParams(temperature=0, max_new_tokens=4, stop_at_eot=False, alternatives=8)
+    for token in Engine(model).generate(ids, params):
+        probs = model(torch.tensor([ids]))[0][0, -1].double().softmax(-1)
+        top = probs.topk(8)
+        assert token.id == top.indices[0].item()
+        assert token.prob == pytest.approx(top.values[0].item(), rel=1e-5)
+        assert [p for _, p in token.alternatives] == pytest.approx(top.values.tolist(), rel=1e-5)
+        assert all(probs[i].item() == pytest.approx(p, rel=1e-5) for i, p in token.alternatives)
+        ids.append(token.id)
+
+
 def test_data_vocab_training_keeps_the_datas_ids_and_round_trips(token_data, tmp_path):
     """Catches kept ids taken from the wrong file, or lost in the checkpoint (row_of), or a resume that rebuilds them."""
     import numpy as np

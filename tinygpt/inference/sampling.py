@@ -87,35 +87,35 @@ def sample_index(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=probs.size(-1) - 1)
 
 
-def sample_candidates(values: torch.Tensor, ids: torch.Tensor, settings: torch.Tensor, u: torch.Tensor
-                      ) -> torch.Tensor:
-    """A token id per stream (B,) from candidate logits `values` (B, K) and their `ids`: in descending order when
-    top-k or top-p apply (else any order). Temperature 0 picks the first; top_k 0 keeps every candidate. Static
-    shapes and tensor settings (B, 3), so the same code runs eagerly and inside a compiled step."""
+def sample_candidates(values: torch.Tensor, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The index of the chosen candidate per stream (B,), from candidate logits `values` (B, K): in descending
+    order when top-k or top-p apply (else any order). Temperature 0 picks the first; top_k 0 keeps every
+    candidate. Static shapes and tensor settings (B, 3), so the same code runs eagerly and in a compiled step."""
     temperature, top_k, top_p = settings[:, :, None].unbind(1)  # each (B, 1)
     rank = torch.arange(values.size(-1), device=values.device)
     scaled = (values / temperature.clamp(min=1e-6)).masked_fill((top_k > 0) & (rank >= top_k), float("-inf"))
     probs = top_p_probs(scaled.softmax(-1), top_p)
-    j = torch.where(temperature[:, 0] == 0, 0, sample_index(probs, u))
-    return ids.gather(1, j[:, None])[:, 0]  # gather, not ids[j]: indexing with a tensor reads it back to the host
+    return torch.where(temperature[:, 0] == 0, 0, sample_index(probs, u))
 
 
-def describe(logits: torch.Tensor, lse: torch.Tensor, token: torch.Tensor, top: torch.return_types.topk
-             ) -> torch.Tensor:
-    """Per stream, [token, its probability, ALT_MAX top ids, their probabilities]: one float64 tensor (B, D),
-    so the caller reads the device once per step. Probabilities are the model's own (temperature 1, before
-    top-k/top-p)."""
-    lse = lse[:, None]
-    parts = [token[:, None].double(), (logits.gather(1, token[:, None]) - lse).exp().double(),
-             top.indices[:, :ALT_MAX].double(), (top.values[:, :ALT_MAX] - lse).exp().double()]
+def describe(values: torch.Tensor, ids: torch.Tensor, j: torch.Tensor, lse: torch.Tensor, top_values: torch.Tensor,
+             top_ids: torch.Tensor) -> torch.Tensor:
+    """Per stream, [token, its probability, ALT_MAX top ids, their probabilities] for candidate j (B,) of
+    `values`/`ids` (B, K) and the descending `top_values`/`top_ids`: one float64 tensor (B, D), so the caller
+    reads the device once per step. Probabilities are the model's own (temperature 1, before top-k/top-p).
+    Gathers, not ids[j]: indexing with a tensor reads it back to the host."""
+    lse, j = lse[:, None], j[:, None]
+    parts = [ids.gather(1, j).double(), (values.gather(1, j) - lse).exp().double(),
+             top_ids[:, :ALT_MAX].double(), (top_values[:, :ALT_MAX] - lse).exp().double()]
     return torch.cat(parts, dim=1)
 
 
-def pick_top(logits: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Greedy or top-k (1..TOP_K_MAX) sampling from logits (B, vocab), described (see `describe`). One
-    torch.topk serves the candidates and the alternatives: over 50k logits it is the costliest op here."""
-    top = torch.topk(logits, min(TOP_K_MAX, logits.size(-1)))
-    return describe(logits, lse, sample_candidates(top.values, top.indices, settings, u), top)
+def pick_top(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u: torch.Tensor
+             ) -> torch.Tensor:
+    """Greedy or top-k (1..TOP_K_MAX) sampling from the TOP_K_MAX largest logits per stream, descending, and
+    their ids (B, K), described (see `describe`); `lse` (B,) is the logsumexp of all of them. One top-k serves
+    the candidates and the alternatives: over 50k logits it is the costliest op here."""
+    return describe(values, ids, sample_candidates(values, settings, u), lse, values, ids)
 
 
 def choose_token(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor, lse: torch.Tensor | None = None
@@ -125,10 +125,11 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor, 
     lse = logits.logsumexp(-1) if lse is None else lse
     settings = settings_tensor([params] * logits.size(0), logits.device)
     if params.greedy or params.top_k:
-        return pick_top(logits, lse, settings, u)
+        top = torch.topk(logits, min(TOP_K_MAX, logits.size(-1)))
+        return pick_top(top.values, top.indices, lse, settings, u)
     if params.top_p < 1.0:  # the nucleus over the whole vocabulary needs it sorted
         values, ids = torch.sort(logits, descending=True)
     else:
         values, ids = logits, torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
-    token = sample_candidates(values, ids, settings, u)
-    return describe(logits, lse, token, torch.topk(logits, min(ALT_MAX, logits.size(-1))))
+    top = torch.topk(logits, min(ALT_MAX, logits.size(-1)))
+    return describe(values, ids, sample_candidates(values, settings, u), lse, top.values, top.indices)

@@ -121,6 +121,8 @@ class GPT(nn.Module):
             row_of = torch.full((config.vocab_size,), config.kept_tokens, dtype=torch.int32)
             row_of[ids] = torch.arange(config.kept_tokens, dtype=torch.int32)
             self.register_buffer("row_of", row_of)  # saved with the weights
+            self._index_rows()
+            self.register_load_state_dict_post_hook(lambda module, _: module._index_rows())
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.n_rows, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -159,6 +161,17 @@ class GPT(nn.Module):
         c = self.config
         return math.log(c.vocab_size - c.kept_tokens) if c.kept_tokens else 0.0
 
+    def _index_rows(self) -> None:
+        """Tables derived from row_of (not saved): each row's id (the shared row's: its first id) and, ascending,
+        the ids that share the last row."""
+        kept = self.row_of != self.config.kept_tokens
+        ids = torch.arange(len(self.row_of), device=self.row_of.device)
+        id_of_row = torch.empty(self.config.n_rows, dtype=torch.long, device=ids.device)
+        id_of_row[self.row_of[kept].long()] = ids[kept]
+        id_of_row[-1] = ids[~kept][0]
+        self.register_buffer("id_of_row", id_of_row, persistent=False)
+        self.register_buffer("shared_ids", ids[~kept], persistent=False)
+
     def vocab_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
         """(..., n_rows) head outputs -> (..., vocab_size) logits of a distribution over every token id."""
         if not self.config.kept_tokens:
@@ -166,8 +179,28 @@ class GPT(nn.Module):
         shared = (self.row_of == self.config.kept_tokens).to(row_logits.dtype) * self.shared_row_cost()
         return row_logits.index_select(-1, self.row_of) - shared
 
+    def vocab_topk(self, row_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """vocab_logits(row_logits).topk(k) from head outputs (B, n_rows), without building (B, vocab_size):
+        the shared row stands for all of its (tied) ids at once. (values, ids), each (B, k), descending; tied
+        ids may come in another order. With kept tokens, a quarter of the vocabulary to rank."""
+        if not self.config.kept_tokens:
+            top = row_logits.topk(k)
+            return top.values, top.indices
+        S, n_shared = self.config.kept_tokens, self.config.vocab_size - self.config.kept_tokens
+        rows = torch.cat([row_logits[:, :S], row_logits[:, S:] - self.shared_row_cost()], dim=1)
+        top = rows.topk(min(k, S + 1))
+        K, device = top.values.size(1), rows.device
+        j = torch.where(top.indices == S, torch.arange(K, device=device), K).amin(1, keepdim=True)  # its rank
+        p = torch.arange(k, device=device)
+        shared = (p >= j) & (p < j + n_shared)  # (B, k): the places its ids take
+        src = torch.where(p < j, p, p - n_shared + 1).clamp(0, K - 1)  # the place of each other id's row
+        values = torch.where(shared, rows[:, S:], top.values.gather(1, src))
+        ids = torch.where(shared, self.shared_ids[(p - j).clamp(0, n_shared - 1)],
+                          self.id_of_row[top.indices.gather(1, src)])
+        return values, ids
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                vocab: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
 
         With targets the loss is computed in chunks (tinygpt.model.loss) and the (B, T, vocab) logits are never
@@ -175,6 +208,7 @@ class GPT(nn.Module):
         `new_cache`), idx holds each stream's next T tokens, the cache supplies the earlier ones and advances;
         only the last position's logits are computed (B, 1, vocab), which skips most of the costly output
         head. The caller keeps each stream within block_size (checking here would read the device).
+        `vocab=False` returns the head's rows (..., n_rows) as they are (see vocab_logits and vocab_topk).
         """
         B, T = idx.size()
         if cache is None:
@@ -190,13 +224,15 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
-            return self.vocab_logits(self.lm_head(x[:, -1:, :])), None  # (B, 1, vocab)
-        if targets is None:
-            return self.vocab_logits(self.lm_head(x)), None  # (B, T, vocab)
-        targets = targets.reshape(-1)
-        rows = torch.where(targets >= 0, self.rows(targets.clamp(min=0)), -1)
-        extra = (rows == self.config.kept_tokens).sum() * self.shared_row_cost() if self.config.kept_tokens else None
-        return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head, rows, extra)
+            x = x[:, -1:, :]  # only the last position's logits: most of the head's cost skipped
+        elif targets is not None:
+            targets = targets.reshape(-1)
+            rows = torch.where(targets >= 0, self.rows(targets.clamp(min=0)), -1)
+            kept = self.config.kept_tokens
+            extra = (rows == kept).sum() * self.shared_row_cost() if kept else None
+            return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head, rows, extra)
+        head = self.lm_head(x)  # (B, T, n_rows)
+        return (self.vocab_logits(head) if vocab else head), None  # (B, T, vocab)
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
         """A preallocated KV cache for `batch_size` streams, on the model's device and in its dtype."""
