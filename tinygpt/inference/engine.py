@@ -167,7 +167,7 @@ class Engine:
         view.reset(0)
         if len(streams[0].context) > 1:
             contexts = [s.context[:-1] for s in streams]
-            self.model(torch.tensor(contexts, dtype=torch.long, device=self.device), cache=view)
+            self.model.hidden(torch.tensor(contexts, dtype=torch.long, device=self.device), cache=view)  # no head
         for stream in streams:
             stream.stale = False
 

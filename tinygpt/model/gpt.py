@@ -1,8 +1,8 @@
 """The GPT model: a decoder-only, pre-LayerNorm transformer in the style of GPT-2, read top to bottom.
 
 `GPT.forward(idx, targets=None) -> (logits, loss)` trains; `GPT.forward(idx, cache=c)` with a cache from
-`GPT.new_cache()` decodes incrementally: a whole prompt at once (prefill) or one token per stream (a decode
-step), through the same modules. The cache is passed in, not held by the model, so one model can serve many
+`GPT.new_cache()` decodes incrementally: a whole prompt at once (prefill, which needs only `GPT.hidden`) or one
+token per stream (a decode step), through the same modules. The cache is passed in, not held by the model, so one model can serve many
 streams at once; it tracks each stream's position itself.
 
 Token ids are always GPT-2's 50,257. A model may keep embedding/output rows for only the ids its training data
@@ -199,17 +199,11 @@ class GPT(nn.Module):
                           self.id_of_row[top.indices.gather(1, src)])
         return values, ids
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                vocab: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
-
-        With targets the loss is computed in chunks (tinygpt.model.loss) and the (B, T, vocab) logits are never
-        built: they are most of training's memory. Targets of -1 are ignored. With a `cache` (from
-        `new_cache`), idx holds each stream's next T tokens, the cache supplies the earlier ones and advances;
-        only the last position's logits are computed (B, 1, vocab), which skips most of the costly output
-        head. The caller keeps each stream within block_size (checking here would read the device).
-        `vocab=False` returns the head's rows (..., n_rows) as they are (see vocab_logits and vocab_topk).
-        """
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final hidden states (B, T, C) that the head reads. With a `cache` (from
+        `new_cache`), idx holds each stream's next T tokens, the cache supplies the earlier ones and advances (a
+        prompt's prefill needs only this). The caller keeps each stream within block_size (checking here would
+        read the device)."""
         B, T = idx.size()
         if cache is None:
             if T > self.config.block_size:
@@ -221,11 +215,24 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(self.rows(idx)) + self.transformer.wpe(positions))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, cache, positions, mask)
-        x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
-            x = x[:, -1:, :]  # only the last position's logits: most of the head's cost skipped
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                vocab: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
+
+        With targets the loss is computed in chunks (tinygpt.model.loss) and the (B, T, vocab) logits are never
+        built: they are most of training's memory. Targets of -1 are ignored. With a `cache` (see `hidden`),
+        only the last position's logits are computed (B, 1, vocab), which skips most of the costly output head.
+        `vocab=False` returns the head's rows (..., n_rows) as they are (see vocab_logits and vocab_topk).
+        """
+        x = self.hidden(idx, cache)  # (B, T, C)
+        if cache is not None:
+            x = x[:, -1:, :]
         elif targets is not None:
+            B, T, _ = x.size()
             targets = targets.reshape(-1)
             rows = torch.where(targets >= 0, self.rows(targets.clamp(min=0)), -1)
             kept = self.config.kept_tokens
