@@ -2,8 +2,8 @@
 
 `GPT.forward(idx, targets=None) -> (logits, loss)` trains; `GPT.forward(idx, cache=c)` with a cache from
 `GPT.new_cache()` decodes incrementally: a whole prompt at once (prefill, which needs only `GPT.hidden`) or one
-token per stream (a decode step), through the same modules. The cache is passed in, not held by the model, so one model can serve many
-streams at once; it tracks each stream's position itself.
+token per stream (a decode step), through the same modules. The cache is passed in, not held by the model, so
+one model can serve many streams at once; it tracks each stream's position itself.
 
 Token ids are always GPT-2's 50,257. A model may keep embedding/output rows for only the ids its training data
 uses (`kept_tokens`, set by `train.py --data-vocab`): TinyStories uses about 10k of them, and at small widths
@@ -182,7 +182,7 @@ class GPT(nn.Module):
     def vocab_topk(self, row_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """vocab_logits(row_logits).topk(k) from head outputs (B, n_rows), without building (B, vocab_size):
         the shared row stands for all of its (tied) ids at once. (values, ids), each (B, k), descending; tied
-        ids may come in another order. With kept tokens, a quarter of the vocabulary to rank."""
+        ids may come in another order. With kept tokens, a fifth of the vocabulary to rank."""
         if not self.config.kept_tokens:
             top = row_logits.topk(k)
             return top.values, top.indices
