@@ -102,6 +102,17 @@ def val_loss(model, val_bin, block, n=64) -> float:
     return -float(torch.stack(losses).mean())
 
 
+def report_quality(served: dict, tok: Tokenizer, val_bin: str | None, block: int) -> None:
+    """Each reduced precision's top-1 agreement with fp32 and, given a val.bin, its validation-loss change."""
+    seqs, ref = stories(tok, val_bin, block=block), served["fp32"]
+    base = val_loss(ref, val_bin, block) if val_bin else None
+    for name in ("bf16", "int8", "int4"):
+        line = f"{name}: top-1 agreement with fp32 {agreement(ref, served[name], seqs):.2%}"
+        if base is not None:
+            line += f", val loss change {val_loss(served[name], val_bin, block) - base:+.4f}"
+        print(line + (f" (fp32 val loss {base:.4f})" if base is not None else ""))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a TinyGPT checkpoint directory (default: random reference weights)")
@@ -133,13 +144,7 @@ def main() -> None:
             rates[name] = max(rates[name], rate(fn))
     for name, r in rates.items():
         print(f"{name:>26}: {r:7.1f} tokens/s", flush=True)
-    seqs, ref = stories(tok, args.val_bin, block=model.config.block_size), served["fp32"]
-    base = val_loss(ref, args.val_bin, model.config.block_size) if args.val_bin else None
-    for name in ("bf16", "int8", "int4"):
-        line = f"{name}: top-1 agreement with fp32 {agreement(ref, served[name], seqs):.2%}"
-        if base is not None:
-            line += f", val loss change {val_loss(served[name], args.val_bin, model.config.block_size) - base:+.4f}"
-        print(line + (f" (fp32 val loss {base:.4f})" if base is not None else ""))
+    report_quality(served, tok, args.val_bin, model.config.block_size)
     default = rates[f"ours {DEFAULT_CPU_PRECISION} compiled"]
     print(f"default CPU mode: {DEFAULT_CPU_PRECISION}, compiled decode step")
     print(f"default_tok_s: {default:.1f}")

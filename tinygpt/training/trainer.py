@@ -73,12 +73,7 @@ class Trainer:
         self.train_data = TokenDataset(Path(config.data_dir) / "train.bin", model_config.block_size)
         self.val_data = TokenDataset(Path(config.data_dir) / "val.bin", model_config.block_size)
         if not config.resume:
-            kept = self.train_data.used_token_ids() if config.data_vocab else None
-            if kept is not None:  # a new config; the one passed in stays as it was
-                model_config = dataclasses.replace(model_config, kept_tokens=len(kept))
-                log.info("data vocabulary: %d of %d token ids get their own rows", len(kept), model_config.vocab_size)
-            torch.manual_seed(config.seed)
-            model = GPT(model_config, None if kept is None else torch.from_numpy(kept)).to(self.device)
+            model, model_config = self._new_model(model_config)
         self.model, self.model_config = model, model_config
         self.optimizer = make_optimizer(model, config.weight_decay, config.learning_rate,
                                         (config.beta1, config.beta2), self.device.type)
@@ -97,6 +92,16 @@ class Trainer:
         log.info("model %.2fM parameters; %d micro-batches of %d x %d per step on %d process(es) = %d tokens",
                  model.num_params() / 1e6, self.accum, config.batch_size, model_config.block_size,
                  self.dist.world_size, self.step_tokens)
+
+    def _new_model(self, model_config: GPTConfig) -> tuple[GPT, GPTConfig]:
+        """A fresh, seeded model; with --data-vocab, rows for only the ids in train.bin (a new config: the one
+        passed in stays as it was)."""
+        kept = self.train_data.used_token_ids() if self.config.data_vocab else None
+        if kept is not None:
+            model_config = dataclasses.replace(model_config, kept_tokens=len(kept))
+            log.info("data vocabulary: %d of %d token ids get their own rows", len(kept), model_config.vocab_size)
+        torch.manual_seed(self.config.seed)
+        return GPT(model_config, None if kept is None else torch.from_numpy(kept)).to(self.device), model_config
 
     def _restore(self, last: Path) -> None:
         progress = load_training_state(last, self.optimizer, self.scaler)
@@ -236,10 +241,7 @@ class Trainer:
             loss = self.train_step()
             if loss is None:
                 break
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopped. The last good checkpoint "
-                                    f"({self.out_dir / 'last'}) is untouched. Lower --learning-rate, or use "
-                                    "--dtype float32 / bfloat16 instead of float16.")
+            self._check_finite(loss)
             self.step += 1
             self.tokens_seen += self.step_tokens
             if self.step == first + 1:  # time from here: the first step pays for warm-up allocations
@@ -269,6 +271,12 @@ class Trainer:
         if self.dist.enabled:  # the other ranks wait while rank 0 evaluates and saves, then all shut down together
             torch.distributed.barrier()
         return record
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss is {loss} at step {self.step + 1}; stopped. The last good checkpoint "
+                                f"({self.out_dir / 'last'}) is untouched. Lower --learning-rate, or use "
+                                "--dtype float32 / bfloat16 instead of float16.")
 
     def _main_only(self, work):
         """Run `work` on rank 0 only, then let every rank know whether it failed: on a failure (a full disk while
