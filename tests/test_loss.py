@@ -123,6 +123,16 @@ def test_vocab_topk_equals_the_topk_of_every_ids_logit(vocab, kept, shared_at):
     assert torch.equal(other.vocab_topk(rows, k)[1], ids)
 
 
+def test_a_kept_token_model_can_still_be_pickled():
+    """Catches a load hook (the id tables follow a loaded row_of) that pickle cannot store, such as a lambda:
+    torch.save(model) and multiprocessing would fail for kept-token models only."""
+    import pickle
+
+    model = kept_model()
+    copy = pickle.loads(pickle.dumps(model))
+    assert torch.equal(copy.id_of_row, model.id_of_row) and torch.equal(copy.shared_ids, model.shared_ids)
+
+
 def test_kept_token_engine_reports_the_full_vocabulary_probabilities():
     """Catches the decode step's token, probability or alternatives differing from a softmax over all 50,257
     logits of a kept-token model (the rows' logsumexp must count the shared row once, not once per id)."""

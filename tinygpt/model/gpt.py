@@ -122,7 +122,7 @@ class GPT(nn.Module):
             row_of[ids] = torch.arange(config.kept_tokens, dtype=torch.int32)
             self.register_buffer("row_of", row_of)  # saved with the weights
             self._index_rows()
-            self.register_load_state_dict_post_hook(lambda module, _: module._index_rows())
+            self.register_load_state_dict_post_hook(_reindex_rows)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.n_rows, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -245,3 +245,9 @@ class GPT(nn.Module):
         """A preallocated KV cache for `batch_size` streams, on the model's device and in its dtype."""
         c, p = self.config, self.transformer.wpe.weight
         return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
+
+
+def _reindex_rows(model: GPT, incompatible_keys: object) -> None:
+    """After load_state_dict: the id tables follow the loaded row_of. A function, not a lambda, so that a model
+    can still be pickled (torch.save of the module, multiprocessing)."""
+    model._index_rows()
