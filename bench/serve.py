@@ -5,11 +5,11 @@
 Measures the engine alone in this process (the app's precision, compiled, one stream: the most a single user
 could see), one story in turn with each N=1 round, so both see the same load on a shared host. Starts `app.py`
 on a free loopback port (a random reference-size model when no checkpoint is given) and for each N runs N users
-at once, each streaming one story, `--repeats` times: N visitors open the page (untimed, one after another), then
-all press Generate at the same moment. Per N it prints time to first token (from submitting to
-the first streamed update) and tokens/s per user (tokens over the time from the first update to the last, as
-the engine alone is timed from its first token to its last), median and p95, the aggregate tokens/s over all
-users, failed requests, and refused ones (a full queue) with the message they got.
+at once, each streaming one story, `--repeats` times: N visitors open the page (untimed, one after another),
+then all press Generate at the same moment. Per N it prints time to first token (from submitting to the first
+streamed update) and tokens/s per user (tokens over the time from the first update to the last, as the engine
+alone is timed from its first token to its last), median and p95, the aggregate tokens/s over all users,
+failed requests, and refused ones (a full queue) with the message they got.
 """
 import argparse
 import asyncio
