@@ -8,7 +8,7 @@ interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / i
 compiled decode step; transformers `generate` fp32 and bf16 on the exported weights. Then, for each reduced
 precision, teacher-forced top-1 agreement with fp32 over 20 stories and (with --val-bin) the change in
 validation loss. The last two lines: `default_tok_s: X` (what the playground serves by default on a CPU:
-int4, compiled) and `ratio_vs_transformers_bf16: Y`.
+int8 with our kernel where it builds, else int4; compiled) and `ratio_vs_transformers_bf16: Y`.
 """
 import argparse
 import sys
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.inference.quantize import DEFAULT_CPU_PRECISION, for_serving  # noqa: E402
+from tinygpt.inference.quantize import default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams, choose_token  # noqa: E402
 from tinygpt.sharing.export import export_transformers  # noqa: E402
 
@@ -145,8 +145,9 @@ def main() -> None:
     for name, r in rates.items():
         print(f"{name:>26}: {r:7.1f} tokens/s", flush=True)
     report_quality(served, tok, args.val_bin, model.config.block_size)
-    default = rates[f"ours {DEFAULT_CPU_PRECISION} compiled"]
-    print(f"default CPU mode: {DEFAULT_CPU_PRECISION}, compiled decode step")
+    precision = default_precision(torch.device("cpu"))
+    default = rates[f"ours {precision} compiled"]
+    print(f"default CPU mode: {precision}, compiled decode step")
     print(f"default_tok_s: {default:.1f}")
     print(f"ratio_vs_transformers_bf16: {default / rates['transformers bf16']:.2f}")
 

@@ -1,11 +1,14 @@
 """Reduced-precision copies of a model for serving: bf16, int8, or int8 with an int4 output head.
 
-int8: each Linear keeps int8 weights with one bf16 scale per output channel and computes in bf16
-(`torch._weight_int8pack_mm`); the output head becomes its own copy, untied from the embedding.
+int8, where our kernel builds (x86-64 Linux with AVX2: tinygpt.inference.kernels): every Linear, the head
+included, keeps int8 weights with one fp32 scale per output channel, and each row of its input is quantized to
+int8 as it arrives, so the dot products run on integer multiplies; everything else stays fp32. Elsewhere
+int8 is weight-only: int8 weights, bf16 compute (`torch._weight_int8pack_mm`), the model in bf16.
 int4: the same blocks, and the head in 4 bits with a scale and zero point per group of 32 weights
-(`torch._weight_int4pack_mm_for_cpu`). Both are plain modules with a plain `forward`, which the rest of the
-code calls like any nn.Linear (and torch.compile traces like one); only this module knows their layout. Decoding one token reads every weight once, so it is bound by
-memory traffic, and the head is most of it: 77 MB in fp32, 19.3 MB in int8, 12 MB in int4 with its scales.
+(`torch._weight_int4pack_mm_for_cpu`). Each is a plain module with a plain `forward`, which the rest of the
+code calls like any nn.Linear (and torch.compile traces like one); only this module knows their layout. The
+head is a copy of its own, untied from the embedding. Decoding one token reads every weight once, and the
+head is most of them: 77 MB in fp32, 19.3 MB in int8, 12 MB in int4 with its scales.
 """
 from __future__ import annotations
 
@@ -15,15 +18,47 @@ import logging
 import torch
 from torch import nn
 
+from tinygpt.inference import kernels
 from tinygpt.model.gpt import GPT
 from tinygpt.sharing.checkpoint import unwrap
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-DEFAULT_CPU_PRECISION = "int4"  # fastest here that keeps quality (bench/generate.py: 98% top-1, +0.002 val loss)
 
 
 class Int8Linear(nn.Module):
+    """y = x @ (w_int8 * scale).T + b with int8 weights (a scale per output channel) and each row of x quantized
+    to int8 on the fly (one scale per row): our kernel, `torch.ops.tinygpt.int8_linear`; fp32 in and out. Rows
+    are independent, so a stream's numbers do not depend on what else is in its batch."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        rows = -(-n // 4) * 4  # the kernel reads blocks of 4 output rows
+        padded = torch.zeros(rows, k)
+        padded[:n] = w
+        scale = padded.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        q = (padded / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        # each block of 4 rows, 32 columns at a time, as one run of memory (see int8_linear.cpp)
+        self.register_buffer("packed", q.view(rows // 4, 4, k // 32, 32).transpose(1, 2).contiguous().view(rows, k))
+        self.register_buffer("scales", scale)
+        bias = None if linear.bias is None else torch.cat([linear.bias.detach().float(), torch.zeros(rows - n)])
+        self.register_buffer("bias", bias)
+        self.in_features, self.out_features = k, n
+
+    @staticmethod
+    def fits(n_embd: int) -> bool:
+        """Whether a model this wide can use it: the kernel reads its inputs 32 at a time."""
+        return n_embd % 32 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.tinygpt.int8_linear(x.reshape(-1, self.in_features).float().contiguous(), self.packed,
+                                          self.scales, self.bias)
+        return y[:, :self.out_features].view(*x.shape[:-1], self.out_features)
+
+
+class WeightOnlyInt8Linear(nn.Module):
     """y = x @ (w_int8 * scale).T + b, weight-only int8 with per-output-channel scales, bf16 compute."""
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -96,13 +131,16 @@ def int4_available(n_embd: int) -> bool:
 
 
 def default_precision(device: torch.device) -> str:
-    """int4 (int8 blocks, int4 head) on CPUs: the fastest that keeps quality; on CUDA the GPU's native 16-bit
-    type (bf16 from compute capability 8.0, else fp16); fp32 elsewhere (MPS)."""
+    """On CPUs the fastest that keeps quality: int8 with our kernel where it builds, else int4 (int8 blocks, an
+    int4 head). On CUDA the GPU's native 16-bit type (bf16 from compute capability 8.0, else fp16); fp32
+    elsewhere (MPS). bench/generate.py measures them."""
     if device.type == "cuda":
         from tinygpt.device import cuda_half_dtype
 
         return "bf16" if cuda_half_dtype(device)[0] == torch.bfloat16 else "fp16"
-    return DEFAULT_CPU_PRECISION if device.type == "cpu" else "fp32"
+    if device.type != "cpu":
+        return "fp32"
+    return "int8" if kernels.load() else "int4"
 
 
 def servable_precision(requested: str | None, device: torch.device) -> tuple[str, str | None]:
@@ -124,9 +162,9 @@ INT8_WIDTH_MULTIPLE = 16  # torch._weight_int8pack_mm crashes (segfault, torch 2
 
 
 def int8_or_bf16(linear: nn.Linear) -> nn.Module:
-    """Int8Linear where the kernel handles the input width; else a bf16 copy of the layer, with a warning."""
+    """WeightOnlyInt8Linear where torch's kernel handles the input width; else a bf16 copy, with a warning."""
     if linear.in_features % INT8_WIDTH_MULTIPLE == 0:
-        return Int8Linear(linear)
+        return WeightOnlyInt8Linear(linear)
     log.warning("int8 kernel needs input widths that are multiples of %d; a %d-wide layer stays bf16",
                 INT8_WIDTH_MULTIPLE, linear.in_features)
     bf16 = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=torch.bfloat16)
@@ -148,13 +186,16 @@ def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
     if precision in ("int8", "int4"):
         if gpt.lm_head.weight.device.type != "cpu":
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
+        ours = Int8Linear.fits(gpt.config.n_embd) and kernels.load()
+        layer = Int8Linear if ours else int8_or_bf16
         int4 = precision == "int4" and int4_available(gpt.config.n_embd)
         # the head as its own copy: the embedding table stays as it was
-        head = Int4Head(gpt.lm_head.weight) if int4 else int8_or_bf16(gpt.lm_head)
-        gpt = gpt.to(torch.bfloat16)
+        head = Int4Head(gpt.lm_head.weight) if int4 else layer(gpt.lm_head)
+        if not ours:
+            gpt = gpt.to(torch.bfloat16)  # torch's int8 kernel computes in bf16; ours takes fp32
         for block in gpt.transformer.h:
             for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
                                  (block.mlp, "c_proj")):
-                setattr(parent, name, int8_or_bf16(getattr(parent, name)))
+                setattr(parent, name, layer(getattr(parent, name)))
         gpt.lm_head = head
     return gpt

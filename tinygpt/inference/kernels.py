@@ -1,0 +1,87 @@
+"""Our own CPU kernels: C++ beside this module, built on first use with the machine's C++ compiler against the
+installed torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`), which torch.compile
+calls like any other op. One build per machine, about 5 s, cached in the temporary directory under a name that
+hashes the source, the flags and the torch version.
+
+Where they cannot be built or run (not Linux on x86-64 with AVX2, torch < 2.10, no compiler), `load()` returns
+False with the reason logged, and tinygpt.inference.quantize serves with PyTorch's own kernels instead.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("int8_linear.cpp")
+FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+
+
+def unsupported() -> str | None:
+    """Why the kernels cannot run here, or None if they can (a compiler is still needed: see `load`)."""
+    if not (sys.platform == "linux" and platform.machine().lower() in ("x86_64", "amd64")):
+        return f"they are written for Linux on x86-64 (this is {sys.platform} on {platform.machine()})"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return "this CPU has no AVX2"
+    if tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 10):
+        return f"torch {torch.__version__} predates the stable C ABI they use (2.10)"
+    return None
+
+
+@functools.cache
+def load() -> bool:
+    """Build (once per machine) and load the kernels; False, with the reason logged, where they cannot be."""
+    reason = unsupported()
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if reason is None and compiler is None:
+        reason = "no C++ compiler (c++ or g++) on the PATH"
+    if reason is not None:
+        log.info("tinygpt's int8 CPU kernel is not used: %s; PyTorch's kernels serve instead", reason)
+        return False
+    try:
+        torch.ops.load_library(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("tinygpt's int8 CPU kernel could not be built or loaded (%s); PyTorch's kernels serve "
+                    "instead", str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__)
+        return False
+    torch.library.register_fake("tinygpt::int8_linear")(_int8_linear_shape)
+    return True
+
+
+def _int8_linear_shape(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+                       ) -> torch.Tensor:
+    """The output's shape and dtype, for torch.compile's tracing."""
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def _build(compiler: str) -> Path:
+    """The shared library for this source, flags and torch: built into the cache unless it is there already.
+    Written under a temporary name and renamed into place, so a build cut short leaves nothing half-written."""
+    torch_dir = Path(torch.__file__).parent
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"tinygpt-kernels-{os.getuid()}"
+    target = cache / f"int8_linear-{key}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{target.name}.{os.getpid()}"
+    cmd = [compiler, *FLAGS, f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(partial),
+           f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}"]
+    log.info("building tinygpt's int8 CPU kernel (once per machine, a few seconds)")
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    except subprocess.CalledProcessError as e:
+        partial.unlink(missing_ok=True)
+        raise subprocess.SubprocessError(f"{compiler} failed: {e.stderr.strip()[-300:]}") from e
+    os.replace(partial, target)
+    return target
