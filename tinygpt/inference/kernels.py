@@ -1,7 +1,7 @@
-"""Our own CPU kernels: C++ beside this module, built on first use with the machine's C++ compiler against the
-installed torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`), which torch.compile
-calls like any other op. One build per machine, about 5 s, cached in the temporary directory under a name that
-hashes the source, the flags and the torch version.
+"""Our own CPU kernels (kernels.cpp): built on first use with the machine's C++ compiler against the installed
+torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`), which
+torch.compile calls like any other op. One build per machine, about 5 s, cached in the temporary directory
+under a name that hashes the source, the flags and the torch version.
 
 Where they cannot be built or run (not Linux on x86-64 with AVX2, torch < 2.10, no compiler), `load()` returns
 False with the reason logged, and tinygpt.inference.quantize serves with PyTorch's own kernels instead.
@@ -17,13 +17,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("int8_linear.cpp")
-FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+SOURCE = Path(__file__).with_name("kernels.cpp")
+FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")  # every AVX2 CPU has FMA, F16C
 
 
 def unsupported() -> str | None:
@@ -37,29 +38,37 @@ def unsupported() -> str | None:
     return None
 
 
-@functools.cache
+_LOCK = threading.Lock()  # two threads loading models at once must not build or register twice
+
+
 def load() -> bool:
     """Build (once per machine) and load the kernels; False, with the reason logged, where they cannot be."""
+    with _LOCK:
+        return _load()
+
+
+@functools.cache
+def _load() -> bool:
     reason = unsupported()
     compiler = shutil.which("c++") or shutil.which("g++")
     if reason is None and compiler is None:
         reason = "no C++ compiler (c++ or g++) on the PATH"
     if reason is not None:
-        log.info("tinygpt's int8 CPU kernel is not used: %s; PyTorch's kernels serve instead", reason)
+        log.info("tinygpt's CPU kernels are not used: %s; PyTorch's kernels serve instead", reason)
         return False
     try:
         torch.ops.load_library(str(_build(compiler)))
     except (OSError, subprocess.SubprocessError) as e:
-        log.warning("tinygpt's int8 CPU kernel could not be built or loaded (%s); PyTorch's kernels serve "
+        log.warning("tinygpt's CPU kernels could not be built or loaded (%s); PyTorch's kernels serve "
                     "instead", str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__)
         return False
-    torch.library.register_fake("tinygpt::int8_linear")(_int8_linear_shape)
+    torch.library.register_fake("tinygpt::int8_linear")(_output_like)
+    torch.library.register_fake("tinygpt::int4_linear")(_output_like)
     return True
 
 
-def _int8_linear_shape(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
-                       ) -> torch.Tensor:
-    """The output's shape and dtype, for torch.compile's tracing."""
+def _output_like(x: torch.Tensor, w: torch.Tensor, *_: torch.Tensor | None) -> torch.Tensor:
+    """Either op's output, (rows of x, rows of w) in fp32, for torch.compile's tracing."""
     return x.new_empty(x.shape[0], w.shape[0])
 
 
@@ -70,18 +79,19 @@ def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / f"tinygpt-kernels-{os.getuid()}"
-    target = cache / f"int8_linear-{key}.so"
+    target = cache / f"kernels-{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     partial = cache / f".{target.name}.{os.getpid()}"
     cmd = [compiler, *FLAGS, f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(partial),
            f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}"]
-    log.info("building tinygpt's int8 CPU kernel (once per machine, a few seconds)")
+    log.info("building tinygpt's CPU kernels (once per machine, a few seconds)")
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     except subprocess.CalledProcessError as e:
         partial.unlink(missing_ok=True)
-        raise subprocess.SubprocessError(f"{compiler} failed: {e.stderr.strip()[-300:]}") from e
+        errors = [line for line in e.stderr.splitlines() if "error" in line] or e.stderr.splitlines()[-1:]
+        raise subprocess.SubprocessError(f"{compiler} failed: {errors[0][:300] if errors else e.returncode}") from e
     os.replace(partial, target)
     return target

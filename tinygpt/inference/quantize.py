@@ -99,6 +99,36 @@ class Int4Head(nn.Module):
         return y[:, :self.out_features].float().view(*x.shape[:-1], self.out_features)
 
 
+class Int4Linear(nn.Module):
+    """y = x @ w.T with 4-bit weights, a scale and an offset per group of 32 (chosen as for Int4Head), and each
+    row of x quantized to int8 on the fly: our kernel, `torch.ops.tinygpt.int4_linear`; fp32 in and out."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        n, k = weight.shape
+        rows, groups = -(-n // 4) * 4, k // 32  # blocks of 4 rows, as Int8Linear
+        w = torch.zeros(rows, k)
+        w[:n] = weight.detach().float()
+        q, scale, zero = quantize_int4(w.view(rows, groups, 32))
+        nibbles = q.view(rows, k // 64, 2, 32).to(torch.uint8)  # each 64 columns: low nibbles, then high
+        codes = nibbles[:, :, 0] | nibbles[:, :, 1] << 4
+        self.register_buffer("codes", codes.view(rows // 4, 4, k // 64, 32).transpose(1, 2).reshape(rows, k // 2))
+        offset = zero - 8 * scale  # codes run 0..15: w = code * scale + offset
+        pairs = torch.cat([scale, offset], -1).view(rows // 4, 4, groups, 2)  # per block and group: 4 scales, 4 offsets
+        self.register_buffer("scales", pairs.permute(0, 2, 3, 1).reshape(-1).half())
+        self.in_features, self.out_features = k, n
+
+    @staticmethod
+    def fits(n_embd: int) -> bool:
+        """Whether a model this wide can use it: the kernel reads its inputs 64 at a time."""
+        return n_embd % 64 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.tinygpt.int4_linear(x.reshape(-1, self.in_features).float().contiguous(), self.codes,
+                                          self.scales)
+        return y[:, :self.out_features].view(*x.shape[:-1], self.out_features)
+
+
 def quantize_int4(groups: torch.Tensor, shrinks: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights (..., G) -> 4-bit codes (int32), and a bf16-exact scale and zero per group, such that the kernel's
@@ -188,9 +218,13 @@ def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
         ours = Int8Linear.fits(gpt.config.n_embd) and kernels.load()
         layer = Int8Linear if ours else int8_or_bf16
-        int4 = precision == "int4" and int4_available(gpt.config.n_embd)
         # the head as its own copy: the embedding table stays as it was
-        head = Int4Head(gpt.lm_head.weight) if int4 else layer(gpt.lm_head)
+        if precision == "int4" and ours and Int4Linear.fits(gpt.config.n_embd):
+            head = Int4Linear(gpt.lm_head.weight)
+        elif precision == "int4" and int4_available(gpt.config.n_embd):
+            head = Int4Head(gpt.lm_head.weight)
+        else:
+            head = layer(gpt.lm_head)
         if not ours:
             gpt = gpt.to(torch.bfloat16)  # torch's int8 kernel computes in bf16; ours takes fp32
         for block in gpt.transformer.h:

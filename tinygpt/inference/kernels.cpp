@@ -1,5 +1,7 @@
-// tinygpt::int8_linear: y = x @ (w * w_scale).T + b for fp32 activations x and int8 weights w, on x86 CPUs with
-// AVX2 (tinygpt.inference.kernels builds it; tinygpt.inference.quantize packs the weights).
+// Our CPU kernels, for x86 CPUs with AVX2 (tinygpt.inference.kernels builds them; tinygpt.inference.quantize packs
+// the weights):
+//   tinygpt::int8_linear: y = x @ (w * w_scale).T + b for fp32 activations x and int8 weights w;
+//   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 32.
 //
 // Why: decoding reads every weight once per step. PyTorch's weight-only int8 kernel converts each weight to
 // bf16 and multiplies in floating point; on a CPU without native bf16 (AVX2) that arithmetic, not memory, is
@@ -9,6 +11,12 @@
 // Layout: w is (N, K) int8 packed in blocks of 4 output rows: for each block, for each 32-wide slice of K, the
 // 4 rows' 32 weights side by side (128 bytes). One block is then one contiguous run of memory, which the
 // hardware prefetcher streams. N % 4 == 0 and K % 32 == 0 (the caller pads N).
+//
+// int4: w[n, k] = code * scale + offset for the group of 32 that k falls in, codes 0..15. A block of 4 rows holds,
+// for each 64-wide slice of K, each row's 32 bytes: low nibbles the slice's first 32 codes, high nibbles the
+// next 32. Scales and offsets are fp16, per block and group: the 4 rows' scales, then their 4 offsets. With x
+// quantized (x ~= sx * q), each group adds scale * (q . codes) + offset * sum(q): the codes are unsigned, so
+// they are vpmaddubsw's unsigned operand as they are. K % 64 == 0.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -105,12 +113,82 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
     return y;
 }
 
+// One quantized row's products with one int4 block's 4 rows, before the row's scale: 4 floats.
+__m128 dot4_int4(const int8_t* xq, const float* xsum, const uint8_t* block, const uint16_t* scales, int64_t K) {
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+    const __m256i lane[4] = {_mm256_set1_epi32(0), _mm256_set1_epi32(1), _mm256_set1_epi32(2), _mm256_set1_epi32(3)};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m128 offsets = _mm_setzero_ps();
+    for (int64_t k = 0; k < K; k += 64) {
+        const uint8_t* wk = block + 2 * k;  // 4 rows x 32 bytes per 64 columns
+        _mm_prefetch(reinterpret_cast<const char*>(wk + kPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wk + kPrefetch + 64), _MM_HINT_T0);
+        const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k));
+        const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k + 32));
+        const uint16_t* sg = scales + (k / 32) * 8;  // [4 scales, 4 offsets] for this group, then the next
+        const __m256 sa = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg)));
+        const __m256 sb = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 8)));
+        offsets = _mm_fmadd_ps(_mm256_extractf128_ps(sa, 1), _mm_set1_ps(xsum[k / 32]), offsets);
+        offsets = _mm_fmadd_ps(_mm256_extractf128_ps(sb, 1), _mm_set1_ps(xsum[k / 32 + 1]), offsets);
+        for (int j = 0; j < 4; j++) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + 32 * j));
+            const __m256i da = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, low), xa), ones);
+            const __m256i db = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xb), ones);
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(da), _mm256_permutevar8x32_ps(sa, lane[j]), acc[j]);
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(db), _mm256_permutevar8x32_ps(sb, lane[j]), acc[j]);
+        }
+    }
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    return _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)), offsets);
+}
+
+Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
+    STD_TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && codes.is_contiguous() && scales.is_contiguous(),
+                    "int4_linear: x (M, K), codes and scales must be contiguous");
+    const int64_t M = x.size(0), K = x.size(1), N = codes.size(0);
+    STD_TORCH_CHECK(codes.dim() == 2 && codes.size(1) * 2 == K && K % 64 == 0 && N % 4 == 0 &&
+                    scales.numel() == N * (K / 32) * 2, "int4_linear: codes (N, K/2), K % 64 and N % 4 must be 0");
+    STD_TORCH_CHECK(x.scalar_type() == torch::headeronly::ScalarType::Float &&
+                    codes.scalar_type() == torch::headeronly::ScalarType::Byte &&
+                    scales.scalar_type() == torch::headeronly::ScalarType::Half,
+                    "int4_linear: x must be float32, codes uint8, scales float16");
+    const float* xp = x.const_data_ptr<float>();
+    const uint8_t* cp = codes.const_data_ptr<uint8_t>();
+    const uint16_t* sp = static_cast<const uint16_t*>(scales.const_data_ptr());
+    Tensor y = torch::stable::new_empty(x, {M, N});
+    float* yp = y.mutable_data_ptr<float>();
+
+    const int64_t G = K / 32;
+    std::vector<int8_t> xq(M * K);
+    std::vector<float> x_scale(M), xsum(M * G);
+    for (int64_t m = 0; m < M; m++) {
+        x_scale[m] = quantize_row(xp + m * K, K, xq.data() + m * K);
+        for (int64_t g = 0; g < G; g++) {
+            int32_t s = 0;
+            for (int64_t k = 0; k < 32; k++) s += xq[m * K + g * 32 + k];
+            xsum[m * G + g] = static_cast<float>(s);
+        }
+    }
+    const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), N / 4));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+        for (int64_t m = 0; m < M; m++) {
+            const __m128 dots = dot4_int4(xq.data() + m * K, xsum.data() + m * G, cp + n0 * K / 2, sp + n0 * G * 2, K);
+            _mm_storeu_ps(yp + m * N + n0, _mm_mul_ps(dots, _mm_set1_ps(x_scale[m])));
+        }
+    }
+    return y;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY(tinygpt, m) {
     m.def("int8_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor");
+    m.def("int4_linear(Tensor x, Tensor codes, Tensor scales) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(tinygpt, CPU, m) {
     m.impl("int8_linear", TORCH_BOX(&int8_linear));
+    m.impl("int4_linear", TORCH_BOX(&int4_linear));
 }

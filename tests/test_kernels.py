@@ -1,0 +1,125 @@
+"""Our CPU kernels (tinygpt.inference.kernels, kernels.cpp): the same numbers as their math written in plain torch,
+row by row whatever the batch, and a clean fallback to PyTorch's kernels where they cannot be built."""
+import logging
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from tinygpt.inference import kernels
+from tinygpt.inference.quantize import Int4Linear, Int8Linear, WeightOnlyInt8Linear, for_serving
+
+needs_kernels = pytest.mark.skipif(kernels.unsupported() is not None or not kernels.load(),
+                                   reason=f"our kernels do not run here: {kernels.unsupported()}")
+
+
+def _quantized_rows(x):
+    """Each row of x as int8 codes and its scale, as the kernel rounds them (x * 127/amax, half to even)."""
+    amax = x.abs().amax(1, keepdim=True)
+    q = (x * torch.where(amax > 0, 127.0 / amax, 0.0)).round()
+    return q.double(), (amax / 127.0).double()
+
+
+def _reference_int8(layer, x):
+    """Int8Linear's math in float64: unpack the 4-row blocks, integer dot products, both scales, the bias."""
+    rows, k = layer.packed.shape
+    w = layer.packed.view(rows // 4, k // 32, 4, 32).transpose(1, 2).reshape(rows, k).double()
+    q, sx = _quantized_rows(x)
+    y = (q @ w.T) * sx * layer.scales.double() + (0 if layer.bias is None else layer.bias.double())
+    return y[:, :layer.out_features]
+
+
+def _reference_int4(layer, x):
+    """Int4Linear's math in float64: unpack nibbles and blocks, then code * scale + offset per group of 32."""
+    rows, k = layer.codes.shape[0], layer.in_features
+    codes = layer.codes.view(rows // 4, k // 64, 4, 32).transpose(1, 2).reshape(rows, k // 64, 32).long()
+    codes = torch.stack([codes & 15, codes >> 4], 2).view(rows, k // 32, 32).double()
+    pairs = layer.scales.double().view(rows // 4, k // 32, 2, 4).permute(0, 3, 1, 2).reshape(rows, k // 32, 2)
+    w = (codes * pairs[..., :1] + pairs[..., 1:]).view(rows, k)
+    q, sx = _quantized_rows(x)
+    return ((q @ w.T) * sx)[:, :layer.out_features]
+
+
+@needs_kernels
+@pytest.mark.parametrize("out_features, bias", [(96, True), (50, True), (37, False)])
+def test_int8_kernel_computes_its_math_and_stays_near_the_float_layer(out_features, bias):
+    """Catches a wrong block layout or nibble order (the float layer drifts away), a scale applied twice or a lost
+    bias (the reference disagrees), and padding rows leaking into the output (odd widths)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, out_features, bias=bias)
+    layer = Int8Linear(linear)
+    x = torch.randn(5, 64)
+    x[3] = 0.0  # a row of zeros has no scale: it must give the bias, not NaN
+    y = layer(x)
+    assert y.shape == (5, out_features) and y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), _reference_int8(layer, x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        ref = linear(x)
+    assert (y - ref).norm() <= 0.02 * ref.norm()
+
+
+@needs_kernels
+@pytest.mark.parametrize("out_features", [128, 41])
+def test_int4_kernel_computes_its_math_and_stays_near_the_float_layer(out_features):
+    torch.manual_seed(0)
+    weight = torch.randn(out_features, 128) * 0.05
+    layer = Int4Linear(weight)
+    x = torch.randn(3, 128)
+    y = layer(x)
+    assert y.shape == (3, out_features)
+    torch.testing.assert_close(y.double(), _reference_int4(layer, x), rtol=1e-4, atol=1e-5)
+    ref = x @ weight.T
+    assert (y - ref).norm() <= 0.12 * ref.norm()  # 4-bit weights: about 8% on random normals
+
+
+@needs_kernels
+@pytest.mark.parametrize("make", [lambda: Int8Linear(torch.nn.Linear(64, 96)), lambda: Int4Linear(torch.randn(96, 64))])
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch(make):
+    """A seeded story must not change when other users share its decode step: rows never mix (one scale per
+    row, integer sums, the same order of float operations whatever the batch size)."""
+    torch.manual_seed(1)
+    layer, x = make(), torch.randn(7, 64)
+    batched = layer(x)
+    assert all(torch.equal(batched[i], layer(x[i:i + 1])[0]) for i in range(7))
+
+
+@needs_kernels
+def test_kernels_run_inside_a_compiled_step():
+    """torch.compile must trace them (the registered output shapes) and call them from its C++ wrapper."""
+    layer = Int8Linear(torch.nn.Linear(64, 96))
+    fn = torch.compile(lambda x: torch.relu(layer(x)) + 1, fullgraph=True, options={"cpp_wrapper": True})
+    x = torch.randn(2, 3, 64)
+    torch.testing.assert_close(fn(x), torch.relu(layer(x)) + 1)
+
+
+def test_serving_falls_back_to_pytorch_kernels_without_ours(tiny_model, monkeypatch):
+    """Where our kernels cannot be built (an ARM laptop, no compiler), int8 serving still works: torch's
+    weight-only kernel, the model in bf16."""
+    monkeypatch.setattr(kernels, "load", lambda: False)
+    served = for_serving(tiny_model, "int8")
+    assert isinstance(served.transformer.h[0].mlp.c_fc, WeightOnlyInt8Linear)
+    assert served.transformer.wpe.weight.dtype == torch.bfloat16
+    x = torch.randint(0, 50257, (1, 8))
+    with torch.no_grad():
+        assert (served(x)[0].float() - tiny_model(x)[0]).abs().max() < 0.05
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_path):
+    """A compiler error must not take the app down: load() logs it and returns False."""
+    with pytest.raises(subprocess.SubprocessError, match="failed"):
+        monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
+        monkeypatch.setattr(kernels, "SOURCE", tmp_path / "broken.cpp")
+        (tmp_path / "broken.cpp").write_text("this is not C++")
+        kernels._build("c++")
+    assert not [p for p in tmp_path.rglob("*") if p.suffix != ".cpp" and p.is_file()]  # nothing half-written
+
+    def broken(compiler):
+        raise subprocess.SubprocessError("c++ failed: error: boom")
+
+    monkeypatch.setattr(kernels, "_build", broken)
+    monkeypatch.setattr(kernels, "unsupported", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="tinygpt.inference.kernels"):
+        assert kernels._load.__wrapped__() is False
+    assert "boom" in caplog.text and "PyTorch's kernels serve instead" in caplog.text
