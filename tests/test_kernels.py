@@ -123,3 +123,27 @@ def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_p
     with caplog.at_level(logging.WARNING, logger="tinygpt.inference.kernels"):
         assert kernels._load.__wrapped__() is False
     assert "boom" in caplog.text and "PyTorch's kernels serve instead" in caplog.text
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows, n, k", [(1, 50257, 200), (3, 1000, 50), (2, 7, 7), (1, 10, 3)])
+def test_topk_gives_torch_topk_answer(rows, n, k):
+    """Catches a lost candidate where a lone row is split between two threads and merged, a wrong order, or
+    indices relative to a half. Distinct values: the same values and indices as torch.topk."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, n) * 3
+    values, indices = kernels.topk(x, k)
+    ref = x.topk(k)
+    assert torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
+
+
+@needs_kernels
+def test_topk_breaks_ties_by_the_lower_index():
+    """Ties (a model's shared rows, repeated logits) must come out in one fixed order, whatever the batch: the
+    lower index first, also across the two halves of a split row."""
+    x = torch.zeros(1, 1000)
+    x[0, [900, 3, 500, 2]] = 1.0
+    values, indices = kernels.topk(x, 6)
+    assert indices.tolist() == [[2, 3, 500, 900, 0, 1]] and values.tolist() == [[1, 1, 1, 1, 0, 0]]
+    batched = kernels.topk(torch.cat([x, torch.randn(2, 1000)]), 6)
+    assert torch.equal(batched[1][:1], indices)

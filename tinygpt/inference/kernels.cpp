@@ -1,7 +1,8 @@
 // Our CPU kernels, for x86 CPUs with AVX2 (tinygpt.inference.kernels builds them; tinygpt.inference.quantize packs
 // the weights):
 //   tinygpt::int8_linear: y = x @ (w * w_scale).T + b for fp32 activations x and int8 weights w;
-//   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 32.
+//   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 32;
+//   tinygpt::topk: the k largest of each row, descending (ties: the lower index first), as torch.topk.
 //
 // Why: decoding reads every weight once per step. PyTorch's weight-only int8 kernel converts each weight to
 // bf16 and multiplies in floating point; on a CPU without native bf16 (AVX2) that arithmetic, not memory, is
@@ -21,8 +22,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <cstdint>
 #include <optional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <torch/csrc/stable/library.h>
@@ -57,6 +62,22 @@ float quantize_row(const float* x, int64_t K, int8_t* q) {
     }
     return a / 127.0f;
 }
+
+// Every row of x (M, K), quantized: codes, one scale per row and, for int4's offsets, each group of 32's sum.
+struct QuantizedRows {
+    std::vector<int8_t> q;
+    std::vector<float> scale, group_sum;
+
+    QuantizedRows(const float* x, int64_t M, int64_t K, bool sums)
+        : q(M * K), scale(M), group_sum(sums ? M * K / 32 : 0) {
+        for (int64_t m = 0; m < M; m++) scale[m] = quantize_row(x + m * K, K, q.data() + m * K);
+        for (int64_t g = 0; g < static_cast<int64_t>(group_sum.size()); g++) {
+            int32_t s = 0;
+            for (int64_t k = 0; k < 32; k++) s += q[g * 32 + k];
+            group_sum[g] = static_cast<float>(s);
+        }
+    }
+};
 
 // The int32 dot products of one quantized row with one block's 4 weight rows.
 __m128i dot4(const int8_t* xq, const int8_t* block, int64_t K) {
@@ -96,9 +117,7 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
     Tensor y = torch::stable::new_empty(x, {M, N});
     float* yp = y.mutable_data_ptr<float>();
 
-    std::vector<int8_t> xq(M * K);
-    std::vector<float> x_scale(M);
-    for (int64_t m = 0; m < M; m++) x_scale[m] = quantize_row(xp + m * K, K, xq.data() + m * K);
+    const QuantizedRows xq(xp, M, K, false);
 
     const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), N / 4));
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -106,8 +125,8 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
         const __m128 ws = _mm_loadu_ps(sp + n0);
         const __m128 b = bp ? _mm_loadu_ps(bp + n0) : _mm_setzero_ps();
         for (int64_t m = 0; m < M; m++) {
-            const __m128 dots = _mm_cvtepi32_ps(dot4(xq.data() + m * K, wp + n0 * K, K));
-            _mm_storeu_ps(yp + m * N + n0, _mm_fmadd_ps(dots, _mm_mul_ps(ws, _mm_set1_ps(x_scale[m])), b));
+            const __m128 dots = _mm_cvtepi32_ps(dot4(xq.q.data() + m * K, wp + n0 * K, K));
+            _mm_storeu_ps(yp + m * N + n0, _mm_fmadd_ps(dots, _mm_mul_ps(ws, _mm_set1_ps(xq.scale[m])), b));
         }
     }
     return y;
@@ -160,25 +179,87 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
     float* yp = y.mutable_data_ptr<float>();
 
     const int64_t G = K / 32;
-    std::vector<int8_t> xq(M * K);
-    std::vector<float> x_scale(M), xsum(M * G);
-    for (int64_t m = 0; m < M; m++) {
-        x_scale[m] = quantize_row(xp + m * K, K, xq.data() + m * K);
-        for (int64_t g = 0; g < G; g++) {
-            int32_t s = 0;
-            for (int64_t k = 0; k < 32; k++) s += xq[m * K + g * 32 + k];
-            xsum[m * G + g] = static_cast<float>(s);
-        }
-    }
+    const QuantizedRows xq(xp, M, K, true);
     const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), N / 4));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
         for (int64_t m = 0; m < M; m++) {
-            const __m128 dots = dot4_int4(xq.data() + m * K, xsum.data() + m * G, cp + n0 * K / 2, sp + n0 * G * 2, K);
-            _mm_storeu_ps(yp + m * N + n0, _mm_mul_ps(dots, _mm_set1_ps(x_scale[m])));
+            const __m128 dots = dot4_int4(xq.q.data() + m * K, xq.group_sum.data() + m * G, cp + n0 * K / 2,
+                                          sp + n0 * G * 2, K);
+            _mm_storeu_ps(yp + m * N + n0, _mm_mul_ps(dots, _mm_set1_ps(xq.scale[m])));
         }
     }
     return y;
+}
+
+// The k best (value, index) of x[begin:end), best first. A threshold first: the k-th largest of the maxima of
+// 2k chunks (k chunk maxima >= t mean at least k values >= t, so every one of the k best is >= t); then one
+// pass keeps the values >= t (a few k of them) and only those are sorted.
+using Entry = std::pair<float, int64_t>;
+bool better(const Entry& a, const Entry& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); }
+
+std::vector<Entry> best_of(const float* x, int64_t begin, int64_t end, int64_t k) {
+    const int64_t n = end - begin, chunks = std::min(n, 2 * k);
+    std::vector<float> maxima(chunks);
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t i = begin + c * n / chunks;
+        const int64_t stop = begin + (c + 1) * n / chunks;
+        __m256 m8 = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= stop; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + i));
+        float m[8];
+        _mm256_storeu_ps(m, m8);
+        float best = *std::max_element(m, m + 8);
+        for (; i < stop; i++) best = std::max(best, x[i]);
+        maxima[c] = best;
+    }
+    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<float>());
+    const float t = maxima[k - 1];
+    std::vector<Entry> kept;
+    kept.reserve(4 * k);
+    const __m256 t8 = _mm256_set1_ps(t);
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {  // most blocks of 8 hold none
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t8, _CMP_GE_OQ));
+        for (; mask; mask &= mask - 1) kept.emplace_back(x[i + __builtin_ctz(mask)], i + __builtin_ctz(mask));
+    }
+    for (; i < end; i++) {
+        if (x[i] >= t) kept.emplace_back(x[i], i);
+    }
+    std::partial_sort(kept.begin(), kept.begin() + k, kept.end(), better);
+    kept.resize(k);
+    return kept;
+}
+
+std::tuple<Tensor, Tensor> topk(Tensor x, int64_t k) {
+    STD_TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::headeronly::ScalarType::Float,
+                    "topk: x must be a contiguous float32 matrix");
+    const int64_t B = x.size(0), N = x.size(1);
+    STD_TORCH_CHECK(0 < k && k <= N, "topk: k must be in [1, row length]");
+    const float* xp = x.const_data_ptr<float>();
+    Tensor values = torch::stable::new_empty(x, {B, k});
+    Tensor indices = torch::stable::new_empty(x, {B, k}, torch::headeronly::ScalarType::Long);
+    float* vp = values.mutable_data_ptr<float>();
+    int64_t* ip = indices.mutable_data_ptr<int64_t>();
+    // a lone row is split in two halves, one per thread, and merged: the same answer, as the order is total
+    const int64_t parts = (B == 1 && N >= 4 * k) ? 2 : 1;
+    std::vector<std::vector<Entry>> found(B * parts);
+    const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), B * parts));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < B * parts; t++) {
+        const int64_t row = t / parts, part = t % parts;
+        found[t] = best_of(xp + row * N, part * N / parts, (part + 1) * N / parts, k);
+    }
+    for (int64_t row = 0; row < B; row++) {
+        std::vector<Entry> all;
+        for (int64_t part = 0; part < parts; part++) all.insert(all.end(), found[row * parts + part].begin(),
+                                                                 found[row * parts + part].end());
+        std::partial_sort(all.begin(), all.begin() + k, all.end(), better);
+        for (int64_t j = 0; j < k; j++) {
+            vp[row * k + j] = all[j].first;
+            ip[row * k + j] = all[j].second;
+        }
+    }
+    return {values, indices};
 }
 
 }  // namespace
@@ -186,9 +267,11 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
 STABLE_TORCH_LIBRARY(tinygpt, m) {
     m.def("int8_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor");
     m.def("int4_linear(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+    m.def("topk(Tensor x, int k) -> (Tensor, Tensor)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(tinygpt, CPU, m) {
     m.impl("int8_linear", TORCH_BOX(&int8_linear));
     m.impl("int4_linear", TORCH_BOX(&int4_linear));
+    m.impl("topk", TORCH_BOX(&topk));
 }

@@ -1,5 +1,5 @@
 """Our own CPU kernels (kernels.cpp): built on first use with the machine's C++ compiler against the installed
-torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`), which
+torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`), which
 torch.compile calls like any other op. One build per machine, about 5 s, cached in the temporary directory
 under a name that hashes the source, the flags and the torch version.
 
@@ -65,7 +65,18 @@ def _load() -> bool:
         return False
     torch.library.register_fake("tinygpt::int8_linear")(_output_like)
     torch.library.register_fake("tinygpt::int4_linear")(_output_like)
+    torch.library.register_fake("tinygpt::topk")(_topk_like)
     return True
+
+
+def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest in each row of a (B, N) fp32 matrix, descending, ties broken by the
+    lower index: torch.topk's answer, found in one pass over each row (after `load()` returned True)."""
+    return torch.ops.tinygpt.topk(x.contiguous(), k)
+
+
+def _topk_like(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.long)
 
 
 def _output_like(x: torch.Tensor, w: torch.Tensor, *_: torch.Tensor | None) -> torch.Tensor:

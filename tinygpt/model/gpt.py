@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -179,24 +180,25 @@ class GPT(nn.Module):
         shared = (self.row_of == self.config.kept_tokens).to(row_logits.dtype) * self.shared_row_cost()
         return row_logits.index_select(-1, self.row_of) - shared
 
-    def vocab_topk(self, row_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def vocab_topk(self, row_logits: torch.Tensor, k: int, topk: Callable = torch.topk
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """vocab_logits(row_logits).topk(k) from head outputs (B, n_rows), without building (B, vocab_size):
         the shared row stands for all of its (tied) ids at once. (values, ids), each (B, k), descending; tied
-        ids may come in another order. With kept tokens, a fifth of the vocabulary to rank."""
+        ids may come in another order. With kept tokens, a fifth of the vocabulary to rank. `topk`: a function
+        with torch.topk's answer (tinygpt.inference.kernels.topk on CPUs)."""
         if not self.config.kept_tokens:
-            top = row_logits.topk(k)
-            return top.values, top.indices
+            return tuple(topk(row_logits, k))
         S, n_shared = self.config.kept_tokens, self.config.vocab_size - self.config.kept_tokens
         rows = torch.cat([row_logits[:, :S], row_logits[:, S:] - self.shared_row_cost()], dim=1)
-        top = rows.topk(min(k, S + 1))
-        K, device = top.values.size(1), rows.device
-        j = torch.where(top.indices == S, torch.arange(K, device=device), K).amin(1, keepdim=True)  # its rank
+        top_values, top_rows = topk(rows, min(k, S + 1))
+        K, device = top_values.size(1), rows.device
+        j = torch.where(top_rows == S, torch.arange(K, device=device), K).amin(1, keepdim=True)  # its rank
         p = torch.arange(k, device=device)
         shared = (p >= j) & (p < j + n_shared)  # (B, k): the places its ids take
         src = torch.where(p < j, p, p - n_shared + 1).clamp(0, K - 1)  # the place of each other id's row
-        values = torch.where(shared, rows[:, S:], top.values.gather(1, src))
+        values = torch.where(shared, rows[:, S:], top_values.gather(1, src))
         ids = torch.where(shared, self.shared_ids[(p - j).clamp(0, n_shared - 1)],
-                          self.id_of_row[top.indices.gather(1, src)])
+                          self.id_of_row[top_rows.gather(1, src)])
         return values, ids
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
