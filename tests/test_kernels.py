@@ -147,3 +147,10 @@ def test_topk_breaks_ties_by_the_lower_index():
     assert indices.tolist() == [[2, 3, 500, 900, 0, 1]] and values.tolist() == [[1, 1, 1, 1, 0, 0]]
     batched = kernels.topk(torch.cat([x, torch.randn(2, 1000)]), 6)
     assert torch.equal(batched[1][:1], indices)
+
+
+def test_cpus_with_native_bf16_keep_pytorch_kernels(monkeypatch):
+    """On a CPU with AVX-512 bf16 or AMX, PyTorch's kernels were measured fast and ours were not measured there:
+    they must not take over."""
+    monkeypatch.setattr(kernels.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert kernels.unsupported() is not None
