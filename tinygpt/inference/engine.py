@@ -89,7 +89,7 @@ class Engine:
         self.keep = max(1, self.block_size - max(1, self.block_size // 4))
         self.device = model.transformer.wpe.weight.device
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
-        # ranking 50,257 logits: our one-pass kernel where it builds (torch.topk took 0.25 ms of a 2.5 ms step)
+        # ranking 50,257 logits: our kernel where it builds (3x torch.topk alone; 8% of the step at 64 streams)
         self._rank = kernels.topk if self.device.type == "cpu" and kernels.load() else torch.topk
         self._logits, self._eager_pick = _eager_decode(model), _eager_decode_pick(model, self._rank)
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> compiled decode-and-sample
