@@ -26,36 +26,49 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 
 
-class Int8Linear(nn.Module):
+class _KernelLinear(nn.Module):
+    """What our kernels' layers share: output rows padded to blocks of 4 (the kernels read 4 rows at a time),
+    inputs read WIDTH columns at a time, fp32 in and out, the padding rows dropped from the output."""
+
+    WIDTH = 32
+
+    def _pad_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """(n, k) weight -> (rows, k) fp32 with zero rows up to a multiple of 4; records the layer's shape."""
+        n, k = weight.shape
+        padded = torch.zeros(-(-n // 4) * 4, k)
+        padded[:n] = weight.detach().float()
+        self.in_features, self.out_features = k, n
+        return padded
+
+    @classmethod
+    def fits(cls, n_embd: int) -> bool:
+        """Whether a model this wide can use it (its matrices are n_embd or 4 * n_embd wide)."""
+        return n_embd % cls.WIDTH == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._matmul(x.reshape(-1, self.in_features).float().contiguous())
+        return y[:, :self.out_features].view(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(_KernelLinear):
     """y = x @ (w_int8 * scale).T + b with int8 weights (a scale per output channel) and each row of x quantized
-    to int8 on the fly (one scale per row): our kernel, `torch.ops.tinygpt.int8_linear`; fp32 in and out. Rows
-    are independent, so a stream's numbers do not depend on what else is in its batch."""
+    to int8 on the fly (one scale per row): our kernel, `torch.ops.tinygpt.int8_linear`. Rows are independent,
+    so a stream's numbers do not depend on what else is in its batch."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        w = linear.weight.detach().float()
-        n, k = w.shape
-        rows = -(-n // 4) * 4  # the kernel reads blocks of 4 output rows
-        padded = torch.zeros(rows, k)
-        padded[:n] = w
-        scale = padded.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-        q = (padded / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-        # each block of 4 rows, 32 columns at a time, as one run of memory (see int8_linear.cpp)
+        w = self._pad_rows(linear.weight)
+        (rows, k), n = w.shape, self.out_features
+        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        # each block of 4 rows, 32 columns at a time, as one run of memory (see kernels.cpp)
         self.register_buffer("packed", q.view(rows // 4, 4, k // 32, 32).transpose(1, 2).contiguous().view(rows, k))
         self.register_buffer("scales", scale)
         bias = None if linear.bias is None else torch.cat([linear.bias.detach().float(), torch.zeros(rows - n)])
         self.register_buffer("bias", bias)
-        self.in_features, self.out_features = k, n
 
-    @staticmethod
-    def fits(n_embd: int) -> bool:
-        """Whether a model this wide can use it: the kernel reads its inputs 32 at a time."""
-        return n_embd % 32 == 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.tinygpt.int8_linear(x.reshape(-1, self.in_features).float().contiguous(), self.packed,
-                                          self.scales, self.bias)
-        return y[:, :self.out_features].view(*x.shape[:-1], self.out_features)
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.tinygpt.int8_linear(x, self.packed, self.scales, self.bias)
 
 
 class WeightOnlyInt8Linear(nn.Module):
@@ -99,16 +112,17 @@ class Int4Head(nn.Module):
         return y[:, :self.out_features].float().view(*x.shape[:-1], self.out_features)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_KernelLinear):
     """y = x @ w.T with 4-bit weights, a scale and an offset per group of 32 (chosen as for Int4Head), and each
-    row of x quantized to int8 on the fly: our kernel, `torch.ops.tinygpt.int4_linear`; fp32 in and out."""
+    row of x quantized to int8 on the fly: our kernel, `torch.ops.tinygpt.int4_linear`."""
+
+    WIDTH = 64  # each 64 columns: one byte per pair of codes, 32 apart
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        n, k = weight.shape
-        rows, groups = -(-n // 4) * 4, k // 32  # blocks of 4 rows, as Int8Linear
-        w = torch.zeros(rows, k)
-        w[:n] = weight.detach().float()
+        w = self._pad_rows(weight)
+        rows, k = w.shape
+        groups = k // 32
         q, scale, zero = quantize_int4(w.view(rows, groups, 32))
         nibbles = q.view(rows, k // 64, 2, 32).to(torch.uint8)  # each 64 columns: low nibbles, then high
         codes = nibbles[:, :, 0] | nibbles[:, :, 1] << 4
@@ -116,17 +130,9 @@ class Int4Linear(nn.Module):
         offset = zero - 8 * scale  # codes run 0..15: w = code * scale + offset
         pairs = torch.cat([scale, offset], -1).view(rows // 4, 4, groups, 2)  # per block and group: 4 scales, 4 offsets
         self.register_buffer("scales", pairs.permute(0, 2, 3, 1).reshape(-1).half())
-        self.in_features, self.out_features = k, n
 
-    @staticmethod
-    def fits(n_embd: int) -> bool:
-        """Whether a model this wide can use it: the kernel reads its inputs 64 at a time."""
-        return n_embd % 64 == 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.tinygpt.int4_linear(x.reshape(-1, self.in_features).float().contiguous(), self.codes,
-                                          self.scales)
-        return y[:, :self.out_features].view(*x.shape[:-1], self.out_features)
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.tinygpt.int4_linear(x, self.codes, self.scales)
 
 
 def quantize_int4(groups: torch.Tensor, shrinks: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
