@@ -36,8 +36,8 @@ def test_steps_that_fit_leave_room_for_evals_and_the_final_one():
 def test_a_budgeted_run_ends_on_time_with_a_final_eval(token_data, tmp_path):
     """Catches a budget that is ignored (max_iters 100000 would run for minutes), an LR that does not decay to
     the end, or a run that ends without its final evaluation and checkpoint."""
-    cfg = config(token_data, tmp_path, max_iters=100_000, eval_interval=50, time_budget="12s",
-                 tokens_per_step=8 * 32 * 4)
+    cfg = config(token_data, tmp_path, max_iters=100_000, eval_interval=50, time_budget="12s")
+    # one micro-batch a step (256 tokens): a slow, shared CI CPU (1.2 steps/s at 1,024 tokens) still fits dozens
     started = time.monotonic()
     trainer = Trainer(MODEL, cfg)
     trainer.run()
@@ -46,7 +46,7 @@ def test_a_budgeted_run_ends_on_time_with_a_final_eval(token_data, tmp_path):
     assert 10 < trainer.step == trainer.max_iters < 100_000
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.min_lr, rel=0.05)  # decayed to the end
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["step"] == trainer.step and last["val_loss_all"] < 8  # untrained: ln(50257) = 10.8; slow CPUs get ~12 steps
+    assert last["step"] == trainer.step and last["val_loss_all"] < 8  # untrained: ln(50257) = 10.8; slow CPUs get ~40 steps
 
 
 def test_a_long_cpu_run_without_budget_says_how_long_and_points_at_the_cpu_preset(token_data, tmp_path, caplog):
