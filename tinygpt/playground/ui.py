@@ -179,7 +179,7 @@ def story_tab(registry: ModelRegistry) -> gr.Button:
             prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
             with gr.Accordion("Sampling settings", open=True):
                 inputs = [prompt, slider("temperature", elem_id="temperature"), slider("top_k"), slider("top_p"),
-                          slider("max_new_tokens", elem_id="max-new"), seed_box()]
+                          slider("max_new_tokens", elem_id="max-new"), seed_box(elem_id="seed")]
             with gr.Row():
                 go, stop = run_buttons("Generate")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")

@@ -37,9 +37,23 @@ def stats_line(snap: StorySnapshot) -> str:
     return "  \n".join([line, *(f"ℹ️ {n}" for n in snap.notices)])
 
 
+PART_OF_A_CHARACTER = "◌"  # a token whose bytes begin a character the next token completes: it has no text
+
+
+def shown(text: str) -> str:
+    """A piece as the shaded view shows it: every token gets a box to click, so a token with no text of its
+    own, or only line breaks, gets a visible mark (the story itself keeps the real text)."""
+    if not text:
+        return PART_OF_A_CHARACTER
+    if not text.strip() and "\n" in text:  # a line break alone renders as a box with no width
+        return text.replace("\n", "↵\n")
+    return text
+
+
 def token_view(snap: StorySnapshot) -> tuple[list, tuple]:
     """(pieces for gr.HighlightedText, what a click needs: each piece with its alternatives and rank)."""
-    return list(snap.pieces), tuple(zip(snap.pieces, snap.alternatives, snap.chosen_rank))
+    return [(shown(text), prob) for text, prob in snap.pieces], tuple(zip(snap.pieces, snap.alternatives,
+                                                                          snap.chosen_rank))
 
 
 def alternatives_table(view: tuple, i: int) -> str:
