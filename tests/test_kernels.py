@@ -31,11 +31,11 @@ def _reference_int8(layer, x):
 
 
 def _reference_int4(layer, x):
-    """Int4Linear's math in float64: unpack nibbles and blocks, then code * scale + offset per group of 32."""
+    """Int4Linear's math in float64: unpack nibbles and blocks, then code * scale + offset per group of 64."""
     rows, k = layer.codes.shape[0], layer.in_features
     codes = layer.codes.view(rows // 4, k // 64, 4, 32).transpose(1, 2).reshape(rows, k // 64, 32).long()
-    codes = torch.stack([codes & 15, codes >> 4], 2).view(rows, k // 32, 32).double()
-    pairs = layer.scales.double().view(rows // 4, k // 32, 2, 4).permute(0, 3, 1, 2).reshape(rows, k // 32, 2)
+    codes = torch.stack([codes & 15, codes >> 4], 2).view(rows, k // 64, 64).double()
+    pairs = layer.scales.double().view(rows // 4, k // 64, 2, 4).permute(0, 3, 1, 2).reshape(rows, k // 64, 2)
     w = (codes * pairs[..., :1] + pairs[..., 1:]).view(rows, k)
     q, sx = _quantized_rows(x)
     return ((q @ w.T) * sx)[:, :layer.out_features]

@@ -1,7 +1,7 @@
 // Our CPU kernels, for x86 CPUs with AVX2 (tinygpt.inference.kernels builds them; tinygpt.inference.quantize packs
 // the weights):
 //   tinygpt::int8_linear: y = x @ (w * w_scale).T + b for fp32 activations x and int8 weights w;
-//   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 32;
+//   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 64;
 //   tinygpt::topk: the k largest of each row, descending (ties: the lower index first), as torch.topk.
 //
 // Why: decoding reads every weight once per step. PyTorch's weight-only int8 kernel converts each weight to
@@ -13,9 +13,8 @@
 // 4 rows' 32 weights side by side (128 bytes). One block is then one contiguous run of memory, which the
 // hardware prefetcher streams. N % 4 == 0 and K % 32 == 0 (the caller pads N).
 //
-// int4: w[n, k] = code * scale + offset for the group of 32 that k falls in, codes 0..15. A block of 4 rows holds,
-// for each 64-wide slice of K, each row's 32 bytes: low nibbles the slice's first 32 codes, high nibbles the
-// next 32. Scales and offsets are fp16, per block and group: the 4 rows' scales, then their 4 offsets. With x
+// int4: w[n, k] = code * scale + offset for the group of 64 that k falls in, codes 0..15. A block of 4 rows holds,
+// for each group, each row's 32 bytes: low nibbles the group's first 32 codes, high nibbles the next 32. Scales and offsets are fp16, per block and group: the 4 rows' scales, then their 4 offsets. With x
 // quantized (x ~= sx * q), each group adds scale * (q . codes) + offset * sum(q): the codes are unsigned, so
 // they are vpmaddubsw's unsigned operand as they are. K % 64 == 0.
 #include <immintrin.h>
@@ -63,17 +62,17 @@ float quantize_row(const float* x, int64_t K, int8_t* q) {
     return a / 127.0f;
 }
 
-// Every row of x (M, K), quantized: codes, one scale per row and, for int4's offsets, each group of 32's sum.
+// Every row of x (M, K), quantized: codes, one scale per row and, for int4's offsets, each group of 64's sum.
 struct QuantizedRows {
     std::vector<int8_t> q;
     std::vector<float> scale, group_sum;
 
     QuantizedRows(const float* x, int64_t M, int64_t K, bool sums)
-        : q(M * K), scale(M), group_sum(sums ? M * K / 32 : 0) {
+        : q(M * K), scale(M), group_sum(sums ? M * K / 64 : 0) {
         for (int64_t m = 0; m < M; m++) scale[m] = quantize_row(x + m * K, K, q.data() + m * K);
         for (int64_t g = 0; g < static_cast<int64_t>(group_sum.size()); g++) {
             int32_t s = 0;
-            for (int64_t k = 0; k < 32; k++) s += q[g * 32 + k];
+            for (int64_t k = 0; k < 64; k++) s += q[g * 64 + k];
             group_sum[g] = static_cast<float>(s);
         }
     }
@@ -132,34 +131,49 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
     return y;
 }
 
-// One quantized row's products with one int4 block's 4 rows, before the row's scale: 4 floats.
-__m128 dot4_int4(const int8_t* xq, const float* xsum, const uint8_t* block, const uint16_t* scales, int64_t K) {
+// R quantized rows' products with one int4 block's 4 rows, before each row's scale: 4 floats per row. A group is
+// 64 columns, one 32-byte load per weight row: the low nibbles' products with x's first 32 and the high nibbles'
+// with the next 32 add up in int16 (each vpmaddubsw pair is at most 2 * 15 * 128), so a group costs one widening
+// and one scale, not two. The nibbles are unpacked once for all R rows of x; each row's sums are the same
+// operations in the same order whatever R is, so a row gets the same bits alone or in a batch.
+template <int R>
+void dot4_int4(const int8_t* xq, const float* xsum, int64_t K, const uint8_t* block, const uint16_t* scales,
+               __m128* out) {
     const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
-    const __m256i lane[4] = {_mm256_set1_epi32(0), _mm256_set1_epi32(1), _mm256_set1_epi32(2), _mm256_set1_epi32(3)};
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    __m128 offsets = _mm_setzero_ps();
-    for (int64_t k = 0; k < K; k += 64) {
-        const uint8_t* wk = block + 2 * k;  // 4 rows x 32 bytes per 64 columns
+    const int64_t G = K / 64;
+    __m256 acc[R][4];
+    __m128 offsets[R];
+    for (int r = 0; r < R; r++) {
+        offsets[r] = _mm_setzero_ps();
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t* wk = block + 128 * g;  // 4 rows x 32 bytes per group
         _mm_prefetch(reinterpret_cast<const char*>(wk + kPrefetch), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(wk + kPrefetch + 64), _MM_HINT_T0);
-        const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k));
-        const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k + 32));
-        const uint16_t* sg = scales + (k / 32) * 8;  // [4 scales, 4 offsets] for this group, then the next
-        const __m256 sa = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg)));
-        const __m256 sb = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 8)));
-        offsets = _mm_fmadd_ps(_mm256_extractf128_ps(sa, 1), _mm_set1_ps(xsum[k / 32]), offsets);
-        offsets = _mm_fmadd_ps(_mm256_extractf128_ps(sb, 1), _mm_set1_ps(xsum[k / 32 + 1]), offsets);
+        // [4 scales, 4 offsets] of this group; the scales in both halves, for broadcasting one with a shuffle
+        const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + g * 8)));
+        const __m256 ss = _mm256_permute2f128_ps(s, s, 0x00);
+        for (int r = 0; r < R; r++)
+            offsets[r] = _mm_fmadd_ps(_mm256_extractf128_ps(s, 1), _mm_set1_ps(xsum[r * G + g]), offsets[r]);
         for (int j = 0; j < 4; j++) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + 32 * j));
-            const __m256i da = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, low), xa), ones);
-            const __m256i db = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xb), ones);
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(da), _mm256_permutevar8x32_ps(sa, lane[j]), acc[j]);
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(db), _mm256_permutevar8x32_ps(sb, lane[j]), acc[j]);
+            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            const __m256 sj = j == 0 ? _mm256_shuffle_ps(ss, ss, 0x00) : j == 1 ? _mm256_shuffle_ps(ss, ss, 0x55)
+                            : j == 2 ? _mm256_shuffle_ps(ss, ss, 0xAA) : _mm256_shuffle_ps(ss, ss, 0xFF);
+            for (int r = 0; r < R; r++) {
+                const int8_t* x = xq + r * K + 64 * g;
+                const __m256i pairs = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
+                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32))));
+                acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), sj, acc[r][j]);
+            }
         }
     }
-    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    return _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)), offsets);
+    for (int r = 0; r < R; r++) {
+        const __m256 sum = _mm256_hadd_ps(_mm256_hadd_ps(acc[r][0], acc[r][1]), _mm256_hadd_ps(acc[r][2], acc[r][3]));
+        out[r] = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1)), offsets[r]);
+    }
 }
 
 Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
@@ -167,7 +181,7 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
                     "int4_linear: x (M, K), codes and scales must be contiguous");
     const int64_t M = x.size(0), K = x.size(1), N = codes.size(0);
     STD_TORCH_CHECK(codes.dim() == 2 && codes.size(1) * 2 == K && K % 64 == 0 && N % 4 == 0 &&
-                    scales.numel() == N * (K / 32) * 2, "int4_linear: codes (N, K/2), K % 64 and N % 4 must be 0");
+                    scales.numel() == N * (K / 64) * 2, "int4_linear: codes (N, K/2), K % 64 and N % 4 must be 0");
     STD_TORCH_CHECK(x.scalar_type() == torch::headeronly::ScalarType::Float &&
                     codes.scalar_type() == torch::headeronly::ScalarType::Byte &&
                     scales.scalar_type() == torch::headeronly::ScalarType::Half,
@@ -178,15 +192,23 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
     Tensor y = torch::stable::new_empty(x, {M, N});
     float* yp = y.mutable_data_ptr<float>();
 
-    const int64_t G = K / 32;
+    const int64_t G = K / 64;
     const QuantizedRows xq(xp, M, K, true);
     const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), N / 4));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
-        for (int64_t m = 0; m < M; m++) {
-            const __m128 dots = dot4_int4(xq.q.data() + m * K, xq.group_sum.data() + m * G, cp + n0 * K / 2,
-                                          sp + n0 * G * 2, K);
-            _mm_storeu_ps(yp + m * N + n0, _mm_mul_ps(dots, _mm_set1_ps(xq.scale[m])));
+        const uint8_t* block = cp + n0 * K / 2;
+        const uint16_t* sb = sp + n0 * G * 2;
+        __m128 dots[2];
+        int64_t m = 0;
+        for (; m + 2 <= M; m += 2) {  // two rows of x per unpacking of the weights
+            dot4_int4<2>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
+            for (int r = 0; r < 2; r++)
+                _mm_storeu_ps(yp + (m + r) * N + n0, _mm_mul_ps(dots[r], _mm_set1_ps(xq.scale[m + r])));
+        }
+        if (m < M) {
+            dot4_int4<1>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
+            _mm_storeu_ps(yp + m * N + n0, _mm_mul_ps(dots[0], _mm_set1_ps(xq.scale[m])));
         }
     }
     return y;
