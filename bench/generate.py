@@ -8,7 +8,7 @@ interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / i
 compiled decode step; transformers `generate` fp32 and bf16 on the exported weights. Then, for each reduced
 precision, teacher-forced top-1 agreement with fp32 over 20 stories and (with --val-bin) the change in
 validation loss. The last two lines: `default_tok_s: X` (what the playground serves by default on a CPU:
-int8 with our kernel where it builds, else int4; compiled) and `ratio_vs_transformers_bf16: Y`.
+int4, compiled) and `ratio_vs_transformers_bf16: Y`.
 """
 import argparse
 import sys

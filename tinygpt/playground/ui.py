@@ -19,8 +19,9 @@ from tinygpt.playground.views import alternatives_table, model_card, request_par
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
             "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
             "Ben had a red ball. He"]
-# looks live; 30 a second took CPU from the model (bench/serve.py N=1: 0.69 of the engine; 15: 0.76)
-UPDATE_INTERVAL_S = 1 / 15
+# still looks live; more often takes CPU from the model (bench/serve.py N=1, of the engine: 30 a second 0.69,
+# 15 0.76; with the faster int4 engine, back to back, 15 0.66-0.68 and 10 0.74-0.76)
+UPDATE_INTERVAL_S = 1 / 10
 UPDATES_PER_S = 120  # page updates a second over all stories: more would take the CPU from the model
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
