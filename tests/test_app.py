@@ -365,3 +365,16 @@ def test_a_broken_default_model_is_explained_on_the_page(tmp_path, checkpoint, k
         assert "could not be loaded" in body and reason in body and "out/best" in body
     finally:
         stop_app(proc)
+
+
+def test_the_app_keeps_gradios_monitoring_summary_off_the_models_cpu(checkpoint, monkeypatch):
+    """Catches Gradio rebuilding its monitoring summary (a pandas DataFrame of every past event, 4-10 ms) after
+    each story, or the setting arriving after Gradio built its queue (where it is read)."""
+    import app
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "")  # so that teardown removes what the app sets
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY")
+    demo, _ = app.load_demo(ServeConfig(checkpoint=str(checkpoint), compile=False))
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == 100
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "7")  # the operator's choice wins
+    assert app.load_demo(ServeConfig(checkpoint=str(checkpoint), compile=False))[0]._queue.ANAYLTICS_CACHE_FREQUENCY == 7
