@@ -154,3 +154,58 @@ def test_cpus_with_native_bf16_keep_pytorch_kernels(monkeypatch):
     they must not take over."""
     monkeypatch.setattr(kernels.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert kernels.unsupported() is not None
+
+
+def _cache_attention_case(B, T, nh, hs, L, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(B, T, 3 * nh * hs)  # q as the model has it: a strided slice of c_attn's output
+    q = x[..., :nh * hs].view(B, T, nh, hs).transpose(1, 2)
+    k, v = torch.randn(B, nh, L, hs) * 2, torch.randn(B, nh, L, hs)
+    positions = torch.randint(0, L - T + 1, (B, 1)) + torch.arange(T)
+    return q, k, v, positions
+
+
+@needs_kernels
+@pytest.mark.parametrize("B, T, nh, hs, L", [(1, 1, 6, 64, 128), (3, 5, 4, 16, 40), (2, 1, 2, 8, 9)])
+def test_cache_attention_is_the_math_backend_over_the_allowed_slots(B, T, nh, hs, L):
+    """Catches an off-by-one at the last allowed slot (a query must see its own key), a slot past its position
+    leaking in, heads or queries read from the wrong offsets of the strided q, or a softmax tail handled apart
+    from the 8-wide loop (lengths that are not multiples of 8)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, positions = _cache_attention_case(B, T, nh, hs, L)
+    mask = (torch.arange(L) <= positions[:, :, None])[:, None]
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    y = kernels.cache_attention(q, k, v, positions)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
+
+
+@needs_kernels
+def test_cache_attention_gives_a_stream_the_same_bits_in_any_batch():
+    q, k, v, positions = _cache_attention_case(5, 1, 6, 64, 128)
+    batched = kernels.cache_attention(q, k, v, positions)
+    assert all(torch.equal(batched[i], kernels.cache_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1],
+                                                               positions[i:i + 1])[0]) for i in range(5))
+
+
+@needs_kernels
+def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model):
+    """int8/int4 copies get KernelAttention in every block; their prefill and decode logits stay those of the
+    same copy with PyTorch's math attention (what the kernel replaces)."""
+    from tinygpt.inference.quantize import KernelAttention
+    from tinygpt.model.gpt import CachedAttention
+
+    served = for_serving(tiny_model, "int4")
+    assert all(isinstance(b.attn.cached, KernelAttention) for b in served.transformer.h)
+    plain = for_serving(tiny_model, "int4")
+    for block in plain.transformer.h:
+        block.attn.cached = CachedAttention()
+    ids = torch.randint(0, 50257, (2, 9))
+    with torch.no_grad():
+        outs = []
+        for model in (served, plain):
+            cache = model.new_cache(2)
+            outs.append(torch.cat([model(ids[:, :8], cache=cache)[0], model(ids[:, 8:], cache=cache)[0]], 1))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)

@@ -2,7 +2,8 @@
 // the weights):
 //   tinygpt::int8_linear: y = x @ (w * w_scale).T + b for fp32 activations x and int8 weights w;
 //   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 64;
-//   tinygpt::topk: the k largest of each row, descending (ties: the lower index first), as torch.topk.
+//   tinygpt::topk: the k largest of each row, descending (ties: the lower index first), as torch.topk;
+//   tinygpt::cache_attention: a few new queries' attention over a KV cache, each to the slots up to its position.
 //
 // Why: decoding reads every weight once per step. PyTorch's weight-only int8 kernel converts each weight to
 // bf16 and multiplies in floating point; on a CPU without native bf16 (AVX2) that arithmetic, not memory, is
@@ -284,16 +285,114 @@ std::tuple<Tensor, Tensor> topk(Tensor x, int64_t k) {
     return {values, indices};
 }
 
+// e^x for x <= 0, 8 at a time (Cephes' expf: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2], ~1 ulp);
+// below -87 it gives e^-87 (about 1e-38), which is 0 beside the row's largest term (e^0).
+__m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // x - n ln2, in two parts
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// One query (D floats) over keys and values k, v (n, D): softmax(q . k / sqrt(D)) . v into y. `s` holds n floats.
+void attend(const float* q, const float* k, const float* v, int64_t n, int64_t D, float* s, float* y) {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + j * D + d), a);
+        s[j] = hsum(a) * scale;
+        m = std::max(m, s[j]);
+    }
+    const __m256 m8 = _mm256_set1_ps(m);
+    __m256 total = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m8));
+        _mm256_storeu_ps(s + j, e);
+        total = _mm256_add_ps(total, e);
+    }
+    float sum = hsum(total);
+    for (; j < n; j++) {
+        float e[8] = {s[j] - m};  // the same exp as the vector loop's
+        _mm256_storeu_ps(e, exp8(_mm256_loadu_ps(e)));
+        s[j] = e[0];
+        sum += e[0];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t d = 0; d < D; d += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i++) a = _mm256_fmadd_ps(_mm256_set1_ps(s[i]), _mm256_loadu_ps(v + i * D + d), a);
+        _mm256_storeu_ps(y + d, _mm256_mul_ps(a, _mm256_set1_ps(inv)));
+    }
+}
+
+// q (B, T, H * D): each row's heads side by side (any strides for B and T); k, v (B, H, L, D) contiguous;
+// positions (B, T). Query t of stream b attends to slots 0..positions[b, t]. Returns (B, T, H * D). Each
+// (stream, query, head) is computed alone, in one order, so a stream gets the same bits in any batch.
+Tensor cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) {
+    STD_TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4 && positions.dim() == 2,
+                    "cache_attention: q (B, T, C), k and v (B, H, L, D), positions (B, T)");
+    const int64_t B = q.size(0), T = q.size(1), C = q.size(2), H = k.size(1), L = k.size(2), D = k.size(3);
+    STD_TORCH_CHECK(q.stride(2) == 1 && k.is_contiguous() && v.is_contiguous() && positions.is_contiguous() &&
+                    k.size(0) == B && H * D == C && D % 8 == 0 && positions.size(0) == B && positions.size(1) == T,
+                    "cache_attention: shapes or layout do not match (D % 8 must be 0)");
+    STD_TORCH_CHECK(q.scalar_type() == torch::headeronly::ScalarType::Float &&
+                    k.scalar_type() == torch::headeronly::ScalarType::Float &&
+                    v.scalar_type() == torch::headeronly::ScalarType::Float &&
+                    positions.scalar_type() == torch::headeronly::ScalarType::Long,
+                    "cache_attention: q, k, v must be float32, positions int64");
+    const float* qp = q.const_data_ptr<float>();
+    const float* kp = k.const_data_ptr<float>();
+    const float* vp = v.const_data_ptr<float>();
+    const int64_t* pp = positions.const_data_ptr<int64_t>();
+    const int64_t sb = q.stride(0), st = q.stride(1);
+    Tensor y = torch::stable::new_empty(q, {B, T, C});
+    float* yp = y.mutable_data_ptr<float>();
+    const int64_t items = B * T * H;
+    const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), items));
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<float> s(L);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < items; i++) {
+            const int64_t b = i / (T * H), t = i / H % T, h = i % H;
+            const int64_t n = std::min<int64_t>(std::max<int64_t>(pp[b * T + t] + 1, 1), L);
+            const int64_t kv = (b * H + h) * L * D;
+            attend(qp + b * sb + t * st + h * D, kp + kv, vp + kv, n, D, s.data(), yp + (b * T + t) * C + h * D);
+        }
+    }
+    return y;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY(tinygpt, m) {
     m.def("int8_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor");
     m.def("int4_linear(Tensor x, Tensor codes, Tensor scales) -> Tensor");
     m.def("topk(Tensor x, int k) -> (Tensor, Tensor)");
+    m.def("cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(tinygpt, CPU, m) {
     m.impl("int8_linear", TORCH_BOX(&int8_linear));
     m.impl("int4_linear", TORCH_BOX(&int4_linear));
     m.impl("topk", TORCH_BOX(&topk));
+    m.impl("cache_attention", TORCH_BOX(&cache_attention));
 }

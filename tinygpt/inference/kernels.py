@@ -1,5 +1,5 @@
 """Our own CPU kernels (kernels.cpp): built on first use with the machine's C++ compiler against the installed
-torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`), which
+torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`, `.cache_attention`), which
 torch.compile calls like any other op. One build per machine, about 5 s, cached in the temporary directory
 under a name that hashes the source, the flags and the torch version.
 
@@ -77,6 +77,7 @@ def _load() -> bool:
     torch.library.register_fake("tinygpt::int8_linear")(_output_like)
     torch.library.register_fake("tinygpt::int4_linear")(_output_like)
     torch.library.register_fake("tinygpt::topk")(_topk_like)
+    torch.library.register_fake("tinygpt::cache_attention")(_attention_like)
     return True
 
 
@@ -88,6 +89,19 @@ def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _topk_like(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.long)
+
+
+def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Attention over a KV cache for fp32 queries q (B, nh, T, hs), keys and values (B, nh, max_len, hs): query t
+    of stream b sees the slots up to positions[b, t], as KVCache.mask allows. Returns (B, nh, T, hs) (after
+    `load()` returned True)."""
+    B, nh, T, hs = q.shape
+    y = torch.ops.tinygpt.cache_attention(q.transpose(1, 2).reshape(B, T, nh * hs), k, v, positions.contiguous())
+    return y.view(B, T, nh, hs).transpose(1, 2)
+
+
+def _attention_like(q: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+    return q.new_empty(q.shape)
 
 
 def _output_like(x: torch.Tensor, w: torch.Tensor, *_: torch.Tensor | None) -> torch.Tensor:

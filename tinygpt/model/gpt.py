@@ -56,10 +56,23 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+class CachedAttention(nn.Module):
+    """Decoding's attention: a few new queries (B, nh, T, hs) over a KV cache's keys and values (B, nh, max_len,
+    hs), each query to the slots `mask` allows (those up to its position). PyTorch's math backend: with a few
+    queries, plain matmuls (fused when compiled) beat flash attention. A serving copy may swap in a kernel that
+    computes the same from `positions` (tinygpt.inference.quantize)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.n_head, self.layer = config.n_head, layer  # layer: which slice of a KVCache is ours
+        self.cached = CachedAttention()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -75,8 +88,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:  # decoding: attend to every cached slot the mask allows, this chunk's included
             k, v = cache.update(self.layer, positions, k, v)
-            with sdpa_kernel(SDPBackend.MATH):  # a few queries: plain matmuls (fused when compiled) beat flash
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = self.cached(q, k, v, mask, positions)
         else:
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
