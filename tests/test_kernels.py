@@ -183,6 +183,19 @@ def test_cache_attention_is_the_math_backend_over_the_allowed_slots(B, T, nh, hs
 
 
 @needs_kernels
+def test_cache_attention_reads_an_fp16_cache():
+    """Catches fp16 keys and values read as floats (garbage) or converted wrongly."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, positions = _cache_attention_case(3, 2, 6, 64, 50)
+    k, v = k.half(), v.half()
+    mask = (torch.arange(50) <= positions[:, :, None])[:, None]
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k.float(), v.float(), attn_mask=mask)
+    torch.testing.assert_close(kernels.cache_attention(q, k, v, positions), ref, rtol=1e-5, atol=2e-6)
+
+
+@needs_kernels
 def test_cache_attention_gives_a_stream_the_same_bits_in_any_batch():
     q, k, v, positions = _cache_attention_case(5, 1, 6, 64, 128)
     batched = kernels.cache_attention(q, k, v, positions)
@@ -192,16 +205,23 @@ def test_cache_attention_gives_a_stream_the_same_bits_in_any_batch():
 
 @needs_kernels
 def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model):
-    """int8/int4 copies get KernelAttention in every block; their prefill and decode logits stay those of the
-    same copy with PyTorch's math attention (what the kernel replaces)."""
+    """int8/int4 copies get KernelAttention in every block and an fp16 cache; their prefill and decode logits
+    stay those of the same copy with PyTorch's math attention over the same fp16 keys and values."""
     from tinygpt.inference.quantize import KernelAttention
     from tinygpt.model.gpt import CachedAttention
 
+    class MathOverFp16(CachedAttention):
+        cache_dtype = torch.float16
+
+        def forward(self, q, k, v, mask, positions):
+            return super().forward(q, k.float(), v.float(), mask, positions)
+
     served = for_serving(tiny_model, "int4")
     assert all(isinstance(b.attn.cached, KernelAttention) for b in served.transformer.h)
+    assert served.new_cache(2).layers[0].k.dtype == torch.float16
     plain = for_serving(tiny_model, "int4")
     for block in plain.transformer.h:
-        block.attn.cached = CachedAttention()
+        block.attn.cached = MathOverFp16()
     ids = torch.randint(0, 50257, (2, 9))
     with torch.no_grad():
         outs = []

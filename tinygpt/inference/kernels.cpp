@@ -310,13 +310,18 @@ float hsum(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+// 8 keys' or values' floats, from an fp32 or an fp16 cache.
+__m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
 // One query (D floats) over keys and values k, v (n, D): softmax(q . k / sqrt(D)) . v into y. `s` holds n floats.
-void attend(const float* q, const float* k, const float* v, int64_t n, int64_t D, float* s, float* y) {
+template <typename KV>
+void attend(const float* q, const KV* k, const KV* v, int64_t n, int64_t D, float* s, float* y) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     float m = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
         __m256 a = _mm256_setzero_ps();
-        for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + j * D + d), a);
+        for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k + j * D + d), a);
         s[j] = hsum(a) * scale;
         m = std::max(m, s[j]);
     }
@@ -338,34 +343,15 @@ void attend(const float* q, const float* k, const float* v, int64_t n, int64_t D
     const float inv = 1.0f / sum;
     for (int64_t d = 0; d < D; d += 8) {
         __m256 a = _mm256_setzero_ps();
-        for (int64_t i = 0; i < n; i++) a = _mm256_fmadd_ps(_mm256_set1_ps(s[i]), _mm256_loadu_ps(v + i * D + d), a);
+        for (int64_t i = 0; i < n; i++) a = _mm256_fmadd_ps(_mm256_set1_ps(s[i]), load8(v + i * D + d), a);
         _mm256_storeu_ps(y + d, _mm256_mul_ps(a, _mm256_set1_ps(inv)));
     }
 }
 
-// q (B, T, H * D): each row's heads side by side (any strides for B and T); k, v (B, H, L, D) contiguous;
-// positions (B, T). Query t of stream b attends to slots 0..positions[b, t]. Returns (B, T, H * D). Each
-// (stream, query, head) is computed alone, in one order, so a stream gets the same bits in any batch.
-Tensor cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) {
-    STD_TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4 && positions.dim() == 2,
-                    "cache_attention: q (B, T, C), k and v (B, H, L, D), positions (B, T)");
-    const int64_t B = q.size(0), T = q.size(1), C = q.size(2), H = k.size(1), L = k.size(2), D = k.size(3);
-    STD_TORCH_CHECK(q.stride(2) == 1 && k.is_contiguous() && v.is_contiguous() && positions.is_contiguous() &&
-                    k.size(0) == B && H * D == C && D % 8 == 0 && positions.size(0) == B && positions.size(1) == T,
-                    "cache_attention: shapes or layout do not match (D % 8 must be 0)");
-    STD_TORCH_CHECK(q.scalar_type() == torch::headeronly::ScalarType::Float &&
-                    k.scalar_type() == torch::headeronly::ScalarType::Float &&
-                    v.scalar_type() == torch::headeronly::ScalarType::Float &&
-                    positions.scalar_type() == torch::headeronly::ScalarType::Long,
-                    "cache_attention: q, k, v must be float32, positions int64");
-    const float* qp = q.const_data_ptr<float>();
-    const float* kp = k.const_data_ptr<float>();
-    const float* vp = v.const_data_ptr<float>();
-    const int64_t* pp = positions.const_data_ptr<int64_t>();
-    const int64_t sb = q.stride(0), st = q.stride(1);
-    Tensor y = torch::stable::new_empty(q, {B, T, C});
-    float* yp = y.mutable_data_ptr<float>();
-    const int64_t items = B * T * H;
+template <typename KV>
+void attend_all(const float* qp, int64_t sb, int64_t st, const KV* kp, const KV* vp, const int64_t* pp, int64_t B,
+                int64_t T, int64_t H, int64_t L, int64_t D, float* yp) {
+    const int64_t items = B * T * H, C = H * D;
     const int threads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), items));
 #pragma omp parallel num_threads(threads)
     {
@@ -377,6 +363,35 @@ Tensor cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) {
             const int64_t kv = (b * H + h) * L * D;
             attend(qp + b * sb + t * st + h * D, kp + kv, vp + kv, n, D, s.data(), yp + (b * T + t) * C + h * D);
         }
+    }
+}
+
+// q (B, T, H * D): each row's heads side by side (any strides for B and T); k, v (B, H, L, D) contiguous, fp32
+// or fp16 (half the memory traffic: at 16 streams the cache is read from memory, not cache); positions (B, T).
+// Query t of stream b attends to slots 0..positions[b, t]. Returns (B, T, H * D) in fp32. Each (stream, query,
+// head) is computed alone, in one order, so a stream gets the same bits in any batch.
+Tensor cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) {
+    using torch::headeronly::ScalarType;
+    STD_TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4 && positions.dim() == 2,
+                    "cache_attention: q (B, T, C), k and v (B, H, L, D), positions (B, T)");
+    const int64_t B = q.size(0), T = q.size(1), C = q.size(2), H = k.size(1), L = k.size(2), D = k.size(3);
+    STD_TORCH_CHECK(q.stride(2) == 1 && k.is_contiguous() && v.is_contiguous() && positions.is_contiguous() &&
+                    k.size(0) == B && H * D == C && D % 8 == 0 && positions.size(0) == B && positions.size(1) == T,
+                    "cache_attention: shapes or layout do not match (D % 8 must be 0)");
+    const bool half = k.scalar_type() == ScalarType::Half;
+    STD_TORCH_CHECK(q.scalar_type() == ScalarType::Float && k.scalar_type() == v.scalar_type() &&
+                    (half || k.scalar_type() == ScalarType::Float) && positions.scalar_type() == ScalarType::Long,
+                    "cache_attention: q must be float32, k and v both float32 or both float16, positions int64");
+    Tensor y = torch::stable::new_empty(q, {B, T, C});
+    const float* qp = q.const_data_ptr<float>();
+    const int64_t* pp = positions.const_data_ptr<int64_t>();
+    float* yp = y.mutable_data_ptr<float>();
+    if (half) {
+        attend_all(qp, q.stride(0), q.stride(1), static_cast<const uint16_t*>(k.const_data_ptr()),
+                   static_cast<const uint16_t*>(v.const_data_ptr()), pp, B, T, H, L, D, yp);
+    } else {
+        attend_all(qp, q.stride(0), q.stride(1), k.const_data_ptr<float>(), v.const_data_ptr<float>(), pp, B, T, H,
+                   L, D, yp);
     }
     return y;
 }

@@ -142,7 +142,11 @@ class Int4Linear(_KernelLinear):
 class KernelAttention(CachedAttention):
     """CachedAttention's math in our kernel (`torch.ops.tinygpt.cache_attention`), for fp32 queries: each query
     over the slots up to its position, the heads of a row side by side, no mask built. Inductor's fused math
-    attention took 2.6 ms of the 30M model's 10 ms step at 16 streams (0.14 of 1.3 ms at one)."""
+    attention took 2.6 ms of the 30M model's 10 ms step at 16 streams (0.14 of 1.3 ms at one). The cache is
+    fp16: at 16 streams its reads come from memory, and fp16 halves them (and the cache: 75 MB, not 151, for
+    64 streams of the 30M model)."""
+
+    cache_dtype = torch.float16
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                 positions: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,10 @@ class CachedAttention(nn.Module):
     """Decoding's attention: a few new queries (B, nh, T, hs) over a KV cache's keys and values (B, nh, max_len,
     hs), each query to the slots `mask` allows (those up to its position). PyTorch's math backend: with a few
     queries, plain matmuls (fused when compiled) beat flash attention. A serving copy may swap in a kernel that
-    computes the same from `positions` (tinygpt.inference.quantize)."""
+    computes the same from `positions` (tinygpt.inference.quantize), and store the cache in its own `cache_dtype`
+    (None: the model's)."""
+
+    cache_dtype: torch.dtype | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                 positions: torch.Tensor) -> torch.Tensor:
@@ -256,9 +259,12 @@ class GPT(nn.Module):
         return (self.vocab_logits(head) if vocab else head), None  # (B, T, vocab)
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
-        """A preallocated KV cache for `batch_size` streams, on the model's device and in its dtype."""
+        """A preallocated KV cache for `batch_size` streams, on the model's device, in its dtype or in the one its
+        attention asks for (CachedAttention.cache_dtype)."""
         c, p = self.config, self.transformer.wpe.weight
-        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
+        dtype = self.transformer.h[0].attn.cached.cache_dtype if c.n_layer else None  # what reads the cache decides
+        head_dim = c.n_embd // c.n_head
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, head_dim, p.device, dtype or p.dtype)
 
 
 def _reindex_rows(model: GPT, incompatible_keys: object) -> None:

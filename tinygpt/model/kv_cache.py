@@ -61,10 +61,11 @@ class KVCache(nn.Module):
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at `positions` (B, T); return the layer's keys and values (B, nh, max_len, hs)."""
+        """Store k, v (B, nh, T, hs) at `positions` (B, T), in the cache's dtype; return the layer's keys and values
+        (B, nh, max_len, hs)."""
         kv = self.layers[layer]
-        kv.k[self.rows_, :, positions] = k.transpose(1, 2)  # indexed as (B, T, nh, hs)
-        kv.v[self.rows_, :, positions] = v.transpose(1, 2)
+        kv.k[self.rows_, :, positions] = k.transpose(1, 2).to(kv.k.dtype)  # indexed as (B, T, nh, hs)
+        kv.v[self.rows_, :, positions] = v.transpose(1, 2).to(kv.v.dtype)
         return kv.k, kv.v
 
     def advance(self, T: int) -> None:
