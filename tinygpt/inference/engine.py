@@ -203,7 +203,7 @@ def _eager_decode_pick(model: GPT, rank: Callable = torch.topk) -> Callable[...,
     k = min(TOP_K_MAX, model.config.vocab_size)
 
     def decode_pick(idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        rows = model(idx, cache=cache, vocab=False)[0][:, -1].float()  # (B, n_rows)
+        rows = model(idx, cache=cache, vocab=False)[0].flatten(0, 1).float()  # (B, n_rows): one token per stream
         values, ids = model.vocab_topk(rows, k, rank)
         return pick_top(values, ids, rows.logsumexp(-1), settings, u)  # the rows' lse is the vocabulary's
     return decode_pick

@@ -101,11 +101,24 @@ __m128i dot4(const int8_t* xq, const int8_t* block, int64_t K) {
     return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
-Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bias) {
+// Outputs n0..n0+3 of a row of y, but none at or past n (the weights' padding rows have no column in y).
+void store4(float* y, int64_t n0, int64_t n, __m128 v) {
+    if (n0 + 4 <= n) {
+        _mm_storeu_ps(y + n0, v);
+        return;
+    }
+    float t[4];
+    _mm_storeu_ps(t, v);
+    for (int64_t i = 0; n0 + i < n; i++) y[n0 + i] = t[i];
+}
+
+// n: the output columns, at most w's rows (the rest are padding to a multiple of 4).
+Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bias, int64_t n) {
     STD_TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.is_contiguous() && w.is_contiguous(),
                     "int8_linear: x (M, K) and w (N, K) must be contiguous matrices");
     const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-    STD_TORCH_CHECK(w.size(1) == K && K % 32 == 0 && N % 4 == 0, "int8_linear: K % 32 and N % 4 must be 0");
+    STD_TORCH_CHECK(w.size(1) == K && K % 32 == 0 && N % 4 == 0 && 0 < n && n <= N,
+                    "int8_linear: K % 32 and N % 4 must be 0, and 0 < n <= N");
     STD_TORCH_CHECK(x.scalar_type() == torch::headeronly::ScalarType::Float &&
                     w.scalar_type() == torch::headeronly::ScalarType::Char &&
                     w_scale.scalar_type() == torch::headeronly::ScalarType::Float,
@@ -114,7 +127,7 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
     const int8_t* wp = w.const_data_ptr<int8_t>();
     const float* sp = w_scale.const_data_ptr<float>();
     const float* bp = bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
-    Tensor y = torch::stable::new_empty(x, {M, N});
+    Tensor y = torch::stable::new_empty(x, {M, n});
     float* yp = y.mutable_data_ptr<float>();
 
     const QuantizedRows xq(xp, M, K, false);
@@ -126,7 +139,7 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
         const __m128 b = bp ? _mm_loadu_ps(bp + n0) : _mm_setzero_ps();
         for (int64_t m = 0; m < M; m++) {
             const __m128 dots = _mm_cvtepi32_ps(dot4(xq.q.data() + m * K, wp + n0 * K, K));
-            _mm_storeu_ps(yp + m * N + n0, _mm_fmadd_ps(dots, _mm_mul_ps(ws, _mm_set1_ps(xq.scale[m])), b));
+            store4(yp + m * n, n0, n, _mm_fmadd_ps(dots, _mm_mul_ps(ws, _mm_set1_ps(xq.scale[m])), b));
         }
     }
     return y;
@@ -177,12 +190,13 @@ void dot4_int4(const int8_t* xq, const float* xsum, int64_t K, const uint8_t* bl
     }
 }
 
-Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
+Tensor int4_linear(Tensor x, Tensor codes, Tensor scales, int64_t n) {
     STD_TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && codes.is_contiguous() && scales.is_contiguous(),
                     "int4_linear: x (M, K), codes and scales must be contiguous");
     const int64_t M = x.size(0), K = x.size(1), N = codes.size(0);
     STD_TORCH_CHECK(codes.dim() == 2 && codes.size(1) * 2 == K && K % 64 == 0 && N % 4 == 0 &&
-                    scales.numel() == N * (K / 64) * 2, "int4_linear: codes (N, K/2), K % 64 and N % 4 must be 0");
+                    scales.numel() == N * (K / 64) * 2 && 0 < n && n <= N,
+                    "int4_linear: codes (N, K/2), K % 64 and N % 4 must be 0, and 0 < n <= N");
     STD_TORCH_CHECK(x.scalar_type() == torch::headeronly::ScalarType::Float &&
                     codes.scalar_type() == torch::headeronly::ScalarType::Byte &&
                     scales.scalar_type() == torch::headeronly::ScalarType::Half,
@@ -190,7 +204,7 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
     const float* xp = x.const_data_ptr<float>();
     const uint8_t* cp = codes.const_data_ptr<uint8_t>();
     const uint16_t* sp = static_cast<const uint16_t*>(scales.const_data_ptr());
-    Tensor y = torch::stable::new_empty(x, {M, N});
+    Tensor y = torch::stable::new_empty(x, {M, n});
     float* yp = y.mutable_data_ptr<float>();
 
     const int64_t G = K / 64;
@@ -205,11 +219,11 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales) {
         for (; m + 2 <= M; m += 2) {  // two rows of x per unpacking of the weights
             dot4_int4<2>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
             for (int r = 0; r < 2; r++)
-                _mm_storeu_ps(yp + (m + r) * N + n0, _mm_mul_ps(dots[r], _mm_set1_ps(xq.scale[m + r])));
+                store4(yp + (m + r) * n, n0, n, _mm_mul_ps(dots[r], _mm_set1_ps(xq.scale[m + r])));
         }
         if (m < M) {
             dot4_int4<1>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
-            _mm_storeu_ps(yp + m * N + n0, _mm_mul_ps(dots[0], _mm_set1_ps(xq.scale[m])));
+            store4(yp + m * n, n0, n, _mm_mul_ps(dots[0], _mm_set1_ps(xq.scale[m])));
         }
     }
     return y;
@@ -399,8 +413,8 @@ Tensor cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) {
 }  // namespace
 
 STABLE_TORCH_LIBRARY(tinygpt, m) {
-    m.def("int8_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor");
-    m.def("int4_linear(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+    m.def("int8_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int n) -> Tensor");
+    m.def("int4_linear(Tensor x, Tensor codes, Tensor scales, int n) -> Tensor");
     m.def("topk(Tensor x, int k) -> (Tensor, Tensor)");
     m.def("cache_attention(Tensor q, Tensor k, Tensor v, Tensor positions) -> Tensor");
 }

@@ -104,9 +104,9 @@ def _attention_like(q: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
     return q.new_empty(q.shape)
 
 
-def _output_like(x: torch.Tensor, w: torch.Tensor, *_: torch.Tensor | None) -> torch.Tensor:
-    """Either op's output, (rows of x, rows of w) in fp32, for torch.compile's tracing."""
-    return x.new_empty(x.shape[0], w.shape[0])
+def _output_like(x: torch.Tensor, *args: torch.Tensor | int | None) -> torch.Tensor:
+    """Either matmul's output, (rows of x, n: its last argument) in fp32, for torch.compile's tracing."""
+    return x.new_empty(x.shape[0], args[-1])
 
 
 def _build(compiler: str) -> Path:
