@@ -15,9 +15,10 @@
 // hardware prefetcher streams. N % 4 == 0 and K % 32 == 0 (the caller pads N).
 //
 // int4: w[n, k] = code * scale + offset for the group of 64 that k falls in, codes 0..15. A block of 4 rows holds,
-// for each group, each row's 32 bytes: low nibbles the group's first 32 codes, high nibbles the next 32. Scales and offsets are fp16, per block and group: the 4 rows' scales, then their 4 offsets. With x
-// quantized (x ~= sx * q), each group adds scale * (q . codes) + offset * sum(q): the codes are unsigned, so
-// they are vpmaddubsw's unsigned operand as they are. K % 64 == 0.
+// for each group, each row's 32 bytes: low nibbles the group's first 32 codes, high nibbles the next 32. Scales
+// and offsets are fp16, per block and group: the 4 rows' scales, then their 4 offsets. With x quantized (x ~= sx *
+// q), each group adds scale * (q . codes) + offset * sum(q): the codes are unsigned, so they are vpmaddubsw's
+// unsigned operand as they are. K % 64 == 0.
 #include <immintrin.h>
 #include <omp.h>
 

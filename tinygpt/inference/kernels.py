@@ -1,7 +1,7 @@
 """Our own CPU kernels (kernels.cpp): built on first use with the machine's C++ compiler against the installed
-torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`, `.cache_attention`), which
-torch.compile calls like any other op. One build per machine, about 5 s, cached in the temporary directory
-under a name that hashes the source, the flags and the torch version.
+torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`,
+`.cache_attention`), which torch.compile calls like any other op. One build per machine, about 5 s, cached in the
+temporary directory under a name that hashes the source, the flags and the torch version.
 
 They are for CPUs with AVX2 and no native bf16, where PyTorch's weight-only kernels compute in emulated bf16 and
 ours measured 1.5-1.9x faster. Elsewhere (not Linux on x86-64 with AVX2, a CPU with AVX-512 bf16 or AMX, torch <

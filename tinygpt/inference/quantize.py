@@ -4,13 +4,13 @@ int8, where our kernel builds (x86-64 Linux with AVX2: tinygpt.inference.kernels
 included, keeps int8 weights with one fp32 scale per output channel, and each row of its input is quantized to
 int8 as it arrives, so the dot products run on integer multiplies; everything else stays fp32. Elsewhere
 int8 is weight-only: int8 weights, bf16 compute (`torch._weight_int8pack_mm`), the model in bf16.
-int4: the same blocks, and the head in 4 bits with a scale and an offset per group of weights: our kernel
-(groups of 64) where it builds, else `torch._weight_int4pack_mm_for_cpu` (groups of 32). Each is a plain module with a plain `forward`, which the rest of the
-code calls like any nn.Linear (and torch.compile traces like one); only this module knows their layout. With our
-kernels, decoding's attention over the KV cache runs in one too (KernelAttention). The
-head is a copy of its own, untied from the embedding. Decoding one token reads every weight once, and the
-head is most of them: 77 MB in fp32, 19.3 MB in int8, 10.8 MB in our int4 with its scales. int4 is the CPU
-default: with the head in 4 bits, the weights of one step fit this CPU's cache.
+int4: the same blocks, and the head in 4 bits with a scale and an offset per group of weights: our kernel (groups
+of 64) where it builds, else `torch._weight_int4pack_mm_for_cpu` (groups of 32). Each is a plain module with a
+plain `forward`, which the rest of the code calls like any nn.Linear (and torch.compile traces like one); only this
+module knows their layout. With our kernels, decoding's attention over the KV cache runs in one too
+(KernelAttention, with an fp16 cache). The head is a copy of its own, untied from the embedding. Decoding one token
+reads every weight once, and the head is most of them: 77 MB in fp32, 19.3 MB in int8, 10.8 MB in our int4 with its
+scales. int4 is the CPU default: with the head in 4 bits, the weights of one step fit this CPU's cache.
 """
 from __future__ import annotations
 
