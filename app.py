@@ -30,9 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     p.add_argument("--precision", choices=PRECISIONS, default=env.get("TINYGPT_PRECISION"),
-                   help="serving precision (default: $TINYGPT_PRECISION, else int4 on CPU (int8 blocks, a 4-bit "
-                        "head), the GPU's native bf16/fp16 on CUDA); one the device cannot run falls back to the "
-                        "best it can")
+                   help="serving precision (default: $TINYGPT_PRECISION, else on CPU int4 (int8 blocks, a 4-bit "
+                        "head) for a full-vocabulary model and int8 for a --data-vocab one, the GPU's native "
+                        "bf16/fp16 on CUDA); one the device cannot run falls back to the best it can")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    default=env.get("TINYGPT_COMPILE", "1") != "0",
                    help="decode eagerly instead of torch.compile'ing the decode step (faster start-up, slower "

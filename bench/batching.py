@@ -70,7 +70,7 @@ def main() -> None:
                  SamplingParams(temperature=(0.6, 0.8, 1.0)[i % 3], top_k=(20, 50, 200)[i % 3], top_p=0.95,
                                 seed=i, max_new_tokens=args.max_new_tokens, stop_at_eot=False))
                 for i in range(args.streams)]
-    for precision, compile in (("fp32", False), (default_precision(device), True)):
+    for precision, compile in (("fp32", False), (default_precision(device, model.config), True)):
         engine = Engine(for_serving(model, precision), compile=compile, batch_sizes=batch_sizes(args.streams))
         batcher = Batcher(engine, args.streams)
         alone, together = stories(batcher, requests, False), stories(batcher, requests, True)

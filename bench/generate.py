@@ -7,8 +7,8 @@ tokens, top-k 50, the playground's 5 alternatives per token. Tokens/s, best of -
 interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / int4, eager and with the
 compiled decode step; transformers `generate` fp32 and bf16 on the exported weights. Then, for each reduced
 precision, teacher-forced top-1 agreement with fp32 over 20 stories and (with --val-bin) the change in
-validation loss. The last two lines: `default_tok_s: X` (what the playground serves by default on a CPU:
-int4, compiled) and `ratio_vs_transformers_bf16: Y`.
+validation loss, through the KV cache as serving runs. The last two lines: `default_tok_s: X` (what the
+playground serves by default on a CPU: int4, compiled) and `ratio_vs_transformers_bf16: Y`.
 """
 import argparse
 import sys
@@ -82,12 +82,19 @@ def stories(tok, val_bin, n=20, block=128):
     return [torch.randint(0, 50257, (block,), generator=g).tolist() for _ in range(n)]
 
 
+def cached_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """Every position's logits (B, T, vocab) through a KV cache, as serving computes them (the attention kernel
+    and fp16 cache of an int8/int4 copy included): the prompt's prefill path, which attends over the cache."""
+    h = model.hidden(x, model.new_cache(x.shape[0]))
+    return model.vocab_logits(model.lm_head(h)).float()
+
+
 @torch.inference_mode()
 def agreement(ref, model, seqs) -> float:
     same = total = 0
     for s in seqs:
         x = torch.tensor([s])
-        a, b = ref(x)[0].argmax(-1), model(x)[0].float().argmax(-1)
+        a, b = cached_logits(ref, x).argmax(-1), cached_logits(model, x).argmax(-1)
         same, total = same + int((a == b).sum()), total + a.numel()
     return same / total
 
@@ -97,7 +104,7 @@ def val_loss(model, val_bin, block, n=64) -> float:
     data = np.memmap(val_bin, dtype=np.uint16, mode="r")
     starts = np.linspace(0, len(data) - block - 2, n).astype(np.int64)
     xy = torch.from_numpy(np.stack([data[i:i + block + 1] for i in starts]).astype(np.int64))
-    losses = [model(xy[i:i + 8, :-1])[0].float().log_softmax(-1).gather(-1, xy[i:i + 8, 1:, None]).mean()
+    losses = [cached_logits(model, xy[i:i + 8, :-1]).log_softmax(-1).gather(-1, xy[i:i + 8, 1:, None]).mean()
               for i in range(0, n, 8)]
     return -float(torch.stack(losses).mean())
 
@@ -145,7 +152,7 @@ def main() -> None:
     for name, r in rates.items():
         print(f"{name:>26}: {r:7.1f} tokens/s", flush=True)
     report_quality(served, tok, args.val_bin, model.config.block_size)
-    precision = default_precision(torch.device("cpu"))
+    precision = default_precision(torch.device("cpu"), model.config)
     default = rates[f"ours {precision} compiled"]
     print(f"default CPU mode: {precision}, compiled decode step")
     print(f"default_tok_s: {default:.1f}")

@@ -49,7 +49,7 @@ class EngineAlone:
 
         device = torch.device("cpu")
         model, _ = load_checkpoint(checkpoint, device)
-        self.engine = Engine(for_serving(model, default_precision(device)), compile=True)
+        self.engine = Engine(for_serving(model, default_precision(device, model.config)), compile=True)
         self.ids, self.max_new = Tokenizer().encode(PROMPT), max_new
         self.rate(0)  # warm-up
 

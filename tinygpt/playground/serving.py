@@ -38,7 +38,7 @@ class ServeConfig:
 
     checkpoint: str | None = None  # --checkpoint / TINYGPT_CHECKPOINT: a directory or a Hub repo id
     hub_repo: str | None = None  # TINYGPT_HUB_REPO: tried after out/best
-    precision: str | None = None  # None: the device's fastest (tinygpt.inference.quantize.default_precision)
+    precision: str | None = None  # None: the device's best for the model (tinygpt.inference.quantize.default_precision)
     compile: bool = True  # torch.compile the decode step (falls back to eager if compiling fails)
     concurrency: int = 32  # stories decoded together, in one batch per step
     max_queue: int = 64  # requests waiting beyond those (per model); more are refused with a message
@@ -96,7 +96,7 @@ def load_for_serving(source: str, device: torch.device | None = None, precision:
     Batcher decoding up to `concurrency` streams together with `max_queue` more waiting."""
     device = device or pick_device()
     model, info = load_checkpoint(source, device)
-    precision, why = servable_precision(precision, device)
+    precision, why = servable_precision(precision, device, model.config)
     if why:
         log.warning("%s", why)
     served = for_serving(model, precision)
