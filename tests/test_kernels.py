@@ -1,4 +1,4 @@
-"""Our CPU kernels (tinygpt.inference.kernels, kernels.cpp): the same numbers as their math written in plain torch,
+"""Our CPU kernels (tinygpt.inference.kernels, kernels_*.cpp): the same numbers as their math written in plain torch,
 row by row whatever the batch, and a clean fallback to PyTorch's kernels where they cannot be built."""
 import logging
 import shutil
@@ -110,7 +110,7 @@ def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_p
     """A compiler error must not take the app down: load() logs it and returns False."""
     with pytest.raises(subprocess.SubprocessError, match="failed"):
         monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
-        monkeypatch.setattr(kernels, "SOURCE", tmp_path / "broken.cpp")
+        monkeypatch.setattr(kernels, "SOURCES", (tmp_path / "broken.cpp",))
         (tmp_path / "broken.cpp").write_text("this is not C++")
         kernels._build("c++")
     assert not [p for p in tmp_path.rglob("*") if p.suffix != ".cpp" and p.is_file()]  # nothing half-written

@@ -5,7 +5,7 @@ streams costs little more than a step for one. A background thread runs the step
 join (their prompts prefilled into free cache rows) and finished, stopped or abandoned ones leave (their rows
 freed at once). Each stream keeps its own settings, seed and position, so a seeded request gives the same story
 alone or beside others: in fp32, and in the CPU defaults int8 and int4 (whose compiled step rounds a row alike at
-every batch size; see engine.compile_step and kernels.cpp), both measured by bench/batching.py.
+every batch size; see engine.compile_step and kernels_matmul.cpp), both measured by bench/batching.py.
 Waiting is bounded: past `max_batch + max_waiting` requests, `submit` raises `QueueFull`.
 """
 from __future__ import annotations

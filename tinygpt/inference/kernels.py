@@ -1,7 +1,8 @@
-"""Our own CPU kernels (kernels.cpp): built on first use with the machine's C++ compiler against the installed
-torch's stable C ABI, and loaded as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`,
-`.cache_attention`), which torch.compile calls like any other op. One build per machine, about 5 s, cached in the
-temporary directory under a name that hashes the source, the flags and the torch version.
+"""Our own CPU kernels (kernels_matmul.cpp, kernels_topk.cpp, kernels_attention.cpp): built on first use with the
+machine's C++ compiler against the installed torch's stable C ABI into one library, and loaded as torch ops
+(`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`, `.cache_attention`), which torch.compile calls like any
+other op. One build per machine, about 10 s, cached in the temporary directory under a name that hashes the
+sources, the flags and the torch version.
 
 They are for CPUs with AVX2 and no native bf16, where PyTorch's weight-only kernels compute in emulated bf16 and
 ours measured 1.5-1.9x faster. Elsewhere (not Linux on x86-64 with AVX2, a CPU with AVX-512 bf16 or AMX, torch <
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("kernels.cpp")
+SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "topk", "attention"))
 # every AVX2 CPU also has FMA and F16C
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 
@@ -113,7 +114,7 @@ def _build(compiler: str) -> Path:
     """The shared library for this source, flags and torch: built into the cache unless it is there already.
     Written under a temporary name and renamed into place, so a build cut short leaves nothing half-written."""
     torch_dir = Path(torch.__file__).parent
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / f"tinygpt-kernels-{os.getuid()}"
     target = cache / f"kernels-{key}.so"
@@ -121,7 +122,7 @@ def _build(compiler: str) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     partial = cache / f".{target.name}.{os.getpid()}"
-    cmd = [compiler, *FLAGS, f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(partial),
+    cmd = [compiler, *FLAGS, f"-I{torch_dir / 'include'}", *map(str, SOURCES), "-o", str(partial),
            f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}"]
     log.info("building tinygpt's CPU kernels (once per machine, a few seconds)")
     try:

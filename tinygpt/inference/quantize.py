@@ -64,7 +64,7 @@ class Int8Linear(_KernelLinear):
         (rows, k), n = w.shape, self.out_features
         scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
         q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-        # each block of 4 rows, 32 columns at a time, as one run of memory (see kernels.cpp)
+        # each block of 4 rows, 32 columns at a time, as one run of memory (see kernels_matmul.cpp)
         self.register_buffer("packed", q.view(rows // 4, 4, k // 32, 32).transpose(1, 2).contiguous().view(rows, k))
         self.register_buffer("scales", scale)
         bias = None if linear.bias is None else torch.cat([linear.bias.detach().float(), torch.zeros(rows - n)])
