@@ -112,10 +112,10 @@ def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_p
         monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
         monkeypatch.setattr(kernels, "SOURCES", (tmp_path / "broken.cpp",))
         (tmp_path / "broken.cpp").write_text("this is not C++")
-        kernels._build("c++")
+        kernels._build("c++", kernels.FLAGS)
     assert not [p for p in tmp_path.rglob("*") if p.suffix != ".cpp" and p.is_file()]  # nothing half-written
 
-    def broken(compiler):
+    def broken(compiler, flags):
         raise subprocess.SubprocessError("c++ failed: error: boom")
 
     monkeypatch.setattr(kernels, "_build", broken)
@@ -149,11 +149,35 @@ def test_topk_breaks_ties_by_the_lower_index():
     assert torch.equal(batched[1][:1], indices)
 
 
-def test_cpus_with_native_bf16_keep_pytorch_kernels(monkeypatch):
-    """On a CPU with AVX-512 bf16 or AMX, PyTorch's kernels were measured fast and ours were not measured there:
-    they must not take over."""
-    monkeypatch.setattr(kernels.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert kernels.unsupported() is not None
+def test_cpus_with_amx_keep_pytorch_kernels(monkeypatch):
+    """On a CPU with AMX ours are unmeasured: they must not take over there."""
+    monkeypatch.setattr(kernels.torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert "AMX" in kernels.unsupported()
+
+
+def test_vnni_flags_follow_the_cpu():
+    """Catches a VNNI flag for a CPU without it (the library would die on an illegal instruction) or AVX-512
+    VNNI's 256-bit form asked for without AVX-512 VL."""
+    assert kernels.vnni_flags("flags : fma avx2 avx512_vnni avx512vl avx_vnni") == ("-mavxvnni",)
+    assert kernels.vnni_flags("flags : fma avx2 avx512vl avx512_vnni") == ("-mavx512vnni", "-mavx512vl")
+    assert kernels.vnni_flags("flags : fma avx2 avx512_vnni") == ()
+    assert kernels.vnni_flags("flags : fma avx2") == ()
+
+
+def test_a_compiler_without_vnni_gets_the_avx2_build(monkeypatch):
+    """Catches an older compiler that rejects -mavxvnni leaving the machine without our kernels at all."""
+    tried = []
+
+    def build(compiler, flags):
+        tried.append(flags)
+        if "-mavxvnni" in flags:
+            raise subprocess.SubprocessError("c++ failed: unrecognized command-line option '-mavxvnni'")
+        return kernels.Path("kernels.so")
+
+    monkeypatch.setattr(kernels, "_build", build)
+    monkeypatch.setattr(kernels, "vnni_flags", lambda: ("-mavxvnni",))
+    assert kernels._build_for_this_cpu("c++") == kernels.Path("kernels.so")
+    assert tried == [kernels.FLAGS + ("-mavxvnni",), kernels.FLAGS]
 
 
 def _cache_attention_case(B, T, nh, hs, L, seed=0):

@@ -40,6 +40,13 @@ using torch::stable::Tensor;
 
 namespace {
 
+// With VNNI (4 byte products summed into each int32 lane by one instruction) the same sums, exact either way.
+#if defined(__AVXVNNI__)
+#define TINYGPT_VNNI _mm256_dpbusd_avx_epi32
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define TINYGPT_VNNI _mm256_dpbusd_epi32
+#endif
+
 constexpr int64_t kPrefetch = 1024;  // bytes ahead of the current slice: a few slices, in L1 when needed
 
 // Row m of x (K floats) -> q (K int8) with x ~= q * scale; returns scale (0 for a row of zeros).
@@ -82,7 +89,7 @@ struct QuantizedRows {
 
 // The int32 dot products of one quantized row with one block's 4 weight rows.
 __m128i dot4(const int8_t* xq, const int8_t* block, int64_t K) {
-    const __m256i ones = _mm256_set1_epi16(1);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                       _mm256_setzero_si256()};
     for (int64_t k = 0; k < K; k += 32) {
@@ -93,9 +100,13 @@ __m128i dot4(const int8_t* xq, const int8_t* block, int64_t K) {
         const __m256i ax = _mm256_sign_epi8(xv, xv);  // |x| as the unsigned operand, x's sign moved onto w
         for (int j = 0; j < 4; j++) {
             const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + 32 * j));
+#ifdef TINYGPT_VNNI
+            acc[j] = TINYGPT_VNNI(acc[j], ax, _mm256_sign_epi8(wv, xv));
+#else
             // pairs of products fit int16: |x|, |w| <= 127
             const __m256i pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
             acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(pairs, ones));
+#endif
         }
     }
     const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
@@ -154,7 +165,8 @@ Tensor int8_linear(Tensor x, Tensor w, Tensor w_scale, std::optional<Tensor> bia
 template <int R>
 void dot4_int4(const int8_t* xq, const float* xsum, int64_t K, const uint8_t* block, const uint16_t* scales,
                __m128* out) {
-    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0F);
     const int64_t G = K / 64;
     __m256 acc[R][4];
     __m128 offsets[R];
@@ -178,10 +190,15 @@ void dot4_int4(const int8_t* xq, const float* xsum, int64_t K, const uint8_t* bl
                             : j == 2 ? _mm256_shuffle_ps(ss, ss, 0xAA) : _mm256_shuffle_ps(ss, ss, 0xFF);
             for (int r = 0; r < R; r++) {
                 const int8_t* x = xq + r * K + 64 * g;
-                const __m256i pairs = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
-                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32))));
-                acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), sj, acc[r][j]);
+                const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+                const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
+#ifdef TINYGPT_VNNI
+                const __m256i sums = TINYGPT_VNNI(TINYGPT_VNNI(_mm256_setzero_si256(), lo, x0), hi, x1);
+#else
+                const __m256i sums = _mm256_madd_epi16(
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1)), ones);
+#endif
+                acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), sj, acc[r][j]);
             }
         }
     }
