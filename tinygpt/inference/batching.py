@@ -1,8 +1,8 @@
 """Continuous batching: many streams share each decode step of one Engine.
 
 Decoding a token reads every weight once whether it is for one stream or sixty-four, so a step over a batch of
-streams costs little more than a step for one. A background thread runs the steps: between them, new requests
-join (their prompts prefilled into free cache rows) and finished, stopped or abandoned ones leave (their rows
+streams costs little more than a step for one. A ComputeThread runs the steps (one thread for all of a server's
+torch work: see tinygpt.inference.compute_thread): between them, new requests join (their prompts prefilled into free cache rows) and finished, stopped or abandoned ones leave (their rows
 freed at once). Each stream keeps its own settings, seed and position, so a seeded request gives the same story
 alone or beside others: in fp32, and in the CPU defaults int8 and int4 (whose compiled step rounds a row alike at
 every batch size; see engine.compile_step and kernels_matmul.cpp), both measured by bench/batching.py.
@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from typing import AsyncIterator, Callable, Iterator
 
+from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.engine import Engine, SampledToken, Stream
 from tinygpt.inference.sampling import SamplingParams
 
@@ -63,21 +64,24 @@ class Request:
 
 class Batcher:
     """Serves `engine`'s model to many concurrent streams. Up to `max_batch` (default: the engine's largest
-    batch size) decode together; `max_waiting` more may queue. Use `generate` (blocking) or `chunks` (asyncio)."""
+    batch size) decode together; `max_waiting` more may queue. Use `generate` (blocking) or `chunks` (asyncio).
+    The steps run on `compute` (the thread that loaded the engine, ideally), else on a thread of its own."""
 
-    def __init__(self, engine: Engine, max_batch: int | None = None, max_waiting: int = 64) -> None:
+    def __init__(self, engine: Engine, max_batch: int | None = None, max_waiting: int = 64,
+                 compute: ComputeThread | None = None) -> None:
         self.engine = engine
         self.max_batch = max_batch or max(engine.batch_sizes)
         self.max_waiting = max_waiting
-        self.cache = engine.model.new_cache(engine.padded_size(self.max_batch))
+        self._own = compute is None  # a thread of its own, closed with it
+        self.compute = compute or ComputeThread("tinygpt-batcher")
+        self.cache = self.compute.call(engine.model.new_cache, engine.padded_size(self.max_batch))
         self._waiting: deque[Request] = deque()
         self._active: list[Request] = []  # request i decodes in cache row i
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
         self._signals: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}  # see _signal
         self._signals_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="tinygpt-batcher", daemon=True)
-        self._thread.start()
+        self.compute.attach(self._tick)
 
     @property
     def block_size(self) -> int:
@@ -89,21 +93,21 @@ class Batcher:
 
     def load(self) -> tuple[int, int]:
         """(streams decoding, requests waiting) right now."""
-        with self._cond:
+        with self._lock:
             return len(self._active), len(self._waiting)
 
     def submit(self, ids: list[int], params: SamplingParams, wake: Callable[[bool], None] = lambda finished: None
                ) -> Request:
         """Queue a stream; raises QueueFull when every slot is busy and the waiting line is full."""
         request = Request(self.engine.new_stream(ids, params), wake)
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             if len(self._active) + len(self._waiting) >= self.max_batch + self.max_waiting:
                 raise QueueFull(f"The playground is busy ({len(self._active)} stories being written, "
                                 f"{len(self._waiting)} waiting). Please try again in a minute.")
             self._waiting.append(request)
-            self._cond.notify()
+        self.compute.wake()
         return request
 
     def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]:
@@ -183,26 +187,33 @@ class Batcher:
             callback()
 
     def close(self) -> None:
-        """Stop the batching thread; streams still running end with an error."""
-        with self._cond:
+        """Stop decoding (between steps); streams still running end with an error."""
+        with self._lock:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+        self.compute.call(self._shut_down)
+        if self._own:
+            self.compute.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._waiting or self._active or self._closed):
-                    self._cond.wait()
-                if self._closed:
-                    break
-                while self._waiting and len(self._active) < self.max_batch:
-                    request = self._waiting.popleft()
-                    if not request.cancelled:
-                        self._active.append(request)  # its prompt is prefilled by the next step
-            self._step()
-        for request in [*self._active, *self._waiting]:
+    def _shut_down(self) -> None:
+        self.compute.detach(self._tick)
+        with self._lock:
+            ended, self._active, self._waiting = [*self._active, *self._waiting], [], deque()
+        for request in ended:
             request.fail(RuntimeError("the playground is shutting down"))
+
+    def _tick(self) -> bool:
+        """Admit waiting requests into free rows and run one step (on the compute thread); whether there is
+        more to do."""
+        with self._lock:
+            if self._closed:
+                return False
+            while self._waiting and len(self._active) < self.max_batch:
+                request = self._waiting.popleft()
+                if not request.cancelled:
+                    self._active.append(request)  # its prompt is prefilled by the next step
+        self._step()
+        with self._lock:
+            return bool(self._active or self._waiting)
 
     def _step(self) -> None:
         self._leave(lambda r: r.cancelled)
@@ -214,7 +225,7 @@ class Batcher:
             log.exception("decode step failed")
             for request in self._active:
                 request.fail(e)
-            with self._cond:
+            with self._lock:
                 self._active.clear()
             return
         for request, token in zip(self._active, tokens):
@@ -223,7 +234,7 @@ class Batcher:
 
     def _leave(self, gone: Callable[[Request], bool]) -> None:
         """Drop the requests `gone` says; the last active stream moves into each freed row, so rows stay packed."""
-        with self._cond:
+        with self._lock:
             for i in reversed(range(len(self._active))):
                 if gone(self._active[i]):
                     last = len(self._active) - 1

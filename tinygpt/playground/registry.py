@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.playground.serving import (DEFAULT_CHECKPOINT, LoadedModel, ServeConfig, load_for_serving,
                                         resolve_source)
 from tinygpt.sharing.checkpoint import CheckpointError
@@ -38,6 +39,7 @@ class ModelRegistry:
         self.problem: str | None = None  # markdown for the page
         self.problem_plain: str | None = None  # the same for a terminal
         self._lock = threading.Lock()
+        self.compute = ComputeThread()  # every model's loading and decoding: one thread for torch's work
         self._load_served()
         for source in config.compare:
             self._add(source)
@@ -58,7 +60,7 @@ class ModelRegistry:
             try:
                 c = self.config
                 loaded = self.loader(source, precision=c.precision, compile=c.compile, concurrency=c.concurrency,
-                                     max_queue=c.max_queue)
+                                     max_queue=c.max_queue, compute=self.compute)
             except CheckpointError as e:
                 log.error("%s", e)
                 self.problem = problem_text(source, e)

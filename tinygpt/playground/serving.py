@@ -12,6 +12,7 @@ import torch
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.device import pick_device
 from tinygpt.inference.batching import Batcher
+from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.quantize import for_serving, servable_precision
 from tinygpt.model.gpt import GPT
@@ -90,10 +91,18 @@ def batch_sizes(concurrency: int) -> tuple[int, ...]:
 
 
 def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None,
-                     compile: bool = False, concurrency: int = 32, max_queue: int = 64) -> LoadedModel:
+                     compile: bool = False, concurrency: int = 32, max_queue: int = 64,
+                     compute: ComputeThread | None = None) -> LoadedModel:
     """Load a local checkpoint directory or a Hub repo id for inference on `device`, converted to
     `precision` (default: the device's fastest), with the decode step compiled if `compile`, served by a
-    Batcher decoding up to `concurrency` streams together with `max_queue` more waiting."""
+    Batcher decoding up to `concurrency` streams together with `max_queue` more waiting. All of it on `compute`
+    (a server's one thread for torch work; a new one if not given), where the Batcher then decodes."""
+    compute = compute or ComputeThread()
+    return compute.call(_load, source, device, precision, compile, concurrency, max_queue, compute)
+
+
+def _load(source: str, device: torch.device | None, precision: str | None, compile: bool, concurrency: int,
+          max_queue: int, compute: ComputeThread) -> LoadedModel:
     device = device or pick_device()
     model, info = load_checkpoint(source, device)
     precision, why = servable_precision(precision, device, model.config)
@@ -102,5 +111,5 @@ def load_for_serving(source: str, device: torch.device | None = None, precision:
     served = for_serving(model, precision)
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
     engine = Engine(served, compile=compile, batch_sizes=batch_sizes(concurrency))
-    return LoadedModel(engine, Batcher(engine, concurrency, max_queue), info, Tokenizer(), source,
+    return LoadedModel(engine, Batcher(engine, concurrency, max_queue, compute), info, Tokenizer(), source,
                        Path(info["directory"]), precision, model.num_params())
