@@ -65,9 +65,9 @@ def test_int4_kernel_computes_its_math_and_stays_near_the_float_layer(out_featur
     torch.manual_seed(0)
     weight = torch.randn(out_features, 128) * 0.05
     layer = Int4Linear(weight)
-    x = torch.randn(3, 128)
+    x = torch.randn(7, 128)  # rows in fours, then a pair, then one
     y = layer(x)
-    assert y.shape == (3, out_features)
+    assert y.shape == (7, out_features)
     torch.testing.assert_close(y.double(), _reference_int4(layer, x), rtol=1e-4, atol=1e-5)
     ref = x @ weight.T
     assert (y - ref).norm() <= 0.12 * ref.norm()  # 4-bit weights: about 8% on random normals
@@ -156,11 +156,12 @@ def test_cpus_with_amx_keep_pytorch_kernels(monkeypatch):
 
 
 def test_vnni_flags_follow_the_cpu():
-    """Catches a VNNI flag for a CPU without it (the library would die on an illegal instruction) or AVX-512
-    VNNI's 256-bit form asked for without AVX-512 VL."""
-    assert kernels.vnni_flags("flags : fma avx2 avx512_vnni avx512vl avx_vnni") == ("-mavxvnni",)
-    assert kernels.vnni_flags("flags : fma avx2 avx512vl avx512_vnni") == ("-mavx512vnni", "-mavx512vl")
-    assert kernels.vnni_flags("flags : fma avx2 avx512_vnni") == ()
+    """Catches a VNNI flag for a CPU without it (the library would die on an illegal instruction), or the 512-bit
+    kernels asked for without every AVX-512 part they use."""
+    avx512 = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")
+    assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx_vnni") == avx512
+    assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512vl avx512_vnni avx_vnni") == ("-mavxvnni",)
+    assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512bw avx512vl") == ()
     assert kernels.vnni_flags("flags : fma avx2") == ()
 
 

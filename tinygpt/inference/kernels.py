@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "topk", "attention"))
 # every AVX2 CPU also has FMA and F16C
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
-# 8-bit dot products in one instruction, the same sums: AVX-VNNI (Intel since Alder Lake, AMD Zen 5), else AVX-512's
-VNNI = ((("avx_vnni",), ("-mavxvnni",)), (("avx512_vnni", "avx512vl"), ("-mavx512vnni", "-mavx512vl")))
+# 8-bit dot products in one instruction, the same sums: AVX-512 VNNI (the int4 kernel in 512-bit registers), else
+# AVX-VNNI (Intel since Alder Lake)
+VNNI = ((("avx512_vnni", "avx512vl", "avx512bw", "avx512dq"), ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+                                                              "-mavx512vnni")),
+        (("avx_vnni",), ("-mavxvnni",)))
 
 
 def unsupported() -> str | None:
