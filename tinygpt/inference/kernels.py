@@ -5,8 +5,8 @@ other op. One build per machine, about 10 s, cached in the temporary directory u
 sources, the flags and the torch version.
 
 They are for x86-64 CPUs with AVX2, where they beat PyTorch's weight-only kernels: 1.5-1.9x where bf16 is emulated
-(AVX2 alone), and on a CPU with native bf16 and VNNI (AMD Zen 5, AVX-512 bf16), built with VNNI, the 30M model's
-compiled int4 step took 0.77 ms against 1.43 ms with PyTorch's (0.99 ms without VNNI). Elsewhere (not Linux on
+(AVX2 alone), and on a CPU with native bf16 and AVX-512 VNNI (AMD Zen 5), built for it, the 30M model's compiled
+int4 step took 0.66 ms against 1.11 ms with PyTorch's at batch 1, and 3.31 against 6.36 ms at 16. Elsewhere (not Linux on
 x86-64 with AVX2, a CPU with AMX, where they are unmeasured, torch < 2.10, no compiler) `load()` returns False with
 the reason logged, and tinygpt.inference.quantize serves with PyTorch's own kernels instead.
 """
