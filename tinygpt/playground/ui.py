@@ -44,7 +44,7 @@ def checked_params(*values: object) -> SamplingParams:
 
 
 async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
-    """Snapshots of one story through the model's batcher, at most ~30 page updates a second, fewer when many
+    """Snapshots of one story through the model's batcher, at most 10 page updates a second, fewer when many
     stories run; a busy playground refuses with a message."""
     try:
         async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
@@ -166,8 +166,11 @@ def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_na
     runs = []
     for i, trigger in enumerate([go.click, *(also or [])]):
         started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
+        # postprocess=False: the story (a Textbox) and stats (Markdown) go out as the strings fn yields, which are
+        # already what those components' postprocess returns; Gradio would otherwise hand every update to a
+        # worker thread and back for it (a hop per update per story: CPU the model needs at 16 stories)
         run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden",
-                           **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
+                           postprocess=False, **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
         run.then(finish, inputs=snapshots, outputs=[go, stop, *thinking], queue=False, api_visibility="private")
         runs.append(run)
     stop.click(finish, inputs=snapshots, outputs=[go, stop, *thinking], cancels=runs, queue=False,
