@@ -149,3 +149,15 @@ def test_side_by_side_runs_both_to_the_end_and_stops_both_when_closed():
     closed.clear()
     asyncio.run(run(limit=1))
     assert sorted(closed) == ["a", "b"]
+
+
+def test_a_prompt_that_is_not_text_gets_a_clear_message():
+    """Catches a number sent as the prompt through the API reaching the tokenizer: the story event takes its
+    inputs as sent (no Gradio preprocessing)."""
+    import gradio as gr
+
+    from tinygpt.inference.sampling import SamplingParams
+    from tinygpt.playground.ui import story_stream
+
+    with pytest.raises(gr.Error, match="prompt must be text, got int"):
+        asyncio.run(anext(story_stream(None, 123, SamplingParams())))

@@ -46,6 +46,8 @@ def checked_params(*values: object) -> SamplingParams:
 async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
     """Snapshots of one story through the model's batcher, at most 10 page updates a second, fewer when many
     stories run; a busy playground refuses with a message."""
+    if not isinstance(prompt, str | None):  # the event takes its inputs as sent (preprocess=False in `wire`)
+        raise gr.Error(f"prompt must be text, got {type(prompt).__name__}", print_exception=False)
     try:
         async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
                                         UPDATES_PER_S):
@@ -166,11 +168,12 @@ def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_na
     runs = []
     for i, trigger in enumerate([go.click, *(also or [])]):
         started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
-        # postprocess=False: the story (a Textbox) and stats (Markdown) go out as the strings fn yields, which are
-        # already what those components' postprocess returns; Gradio would otherwise hand every update to a
-        # worker thread and back for it (a hop per update per story: CPU the model needs at 16 stories)
+        # preprocess/postprocess=False: the inputs come in as sent (the settings are checked by SamplingParams,
+        # the prompt by story_stream) and the story (a Textbox) and stats (Markdown) go out as the strings fn
+        # yields, which is what those components' processing would make of them; Gradio would otherwise hand
+        # each input of each request and each update of each story to a worker thread and back
         run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden",
-                           postprocess=False, **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
+                           preprocess=False, postprocess=False, **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
         run.then(finish, inputs=snapshots, outputs=[go, stop, *thinking], queue=False, api_visibility="private")
         runs.append(run)
     stop.click(finish, inputs=snapshots, outputs=[go, stop, *thinking], cancels=runs, queue=False,
