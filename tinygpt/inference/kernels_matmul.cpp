@@ -303,6 +303,20 @@ void dot4_int4_512(const int8_t* xq, const float* xsum, int64_t K, const uint8_t
 #define TINYGPT_DOT4_INT4 dot4_int4
 #endif
 
+// Outputs n0..n0+3 of rows m, m+1, ... of y, R rows of x at a time while R remain; the first row not done.
+template <int R>
+int64_t int4_rows(const QuantizedRows& xq, int64_t m, int64_t M, int64_t K, const uint8_t* block,
+                  const uint16_t* scales, float* y, int64_t n0, int64_t n) {
+    const int64_t G = K / 64;
+    __m128 dots[R];
+    for (; m + R <= M; m += R) {
+        TINYGPT_DOT4_INT4<R>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, scales, dots);
+        for (int r = 0; r < R; r++)
+            store4(y + (m + r) * n, n0, n, _mm_mul_ps(dots[r], _mm_set1_ps(xq.scale[m + r])));
+    }
+    return m;
+}
+
 Tensor int4_linear(Tensor x, Tensor codes, Tensor scales, int64_t n) {
     STD_TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && codes.is_contiguous() && scales.is_contiguous(),
                     "int4_linear: x (M, K), codes and scales must be contiguous");
@@ -327,22 +341,10 @@ Tensor int4_linear(Tensor x, Tensor codes, Tensor scales, int64_t n) {
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
         const uint8_t* block = cp + n0 * K / 2;
         const uint16_t* sb = sp + n0 * G * 2;
-        __m128 dots[4];
         int64_t m = 0;
-        for (; m + 4 <= M; m += 4) {  // four rows of x per unpacking of the weights
-            TINYGPT_DOT4_INT4<4>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
-            for (int r = 0; r < 4; r++)
-                store4(yp + (m + r) * n, n0, n, _mm_mul_ps(dots[r], _mm_set1_ps(xq.scale[m + r])));
-        }
-        for (; m + 2 <= M; m += 2) {
-            TINYGPT_DOT4_INT4<2>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
-            for (int r = 0; r < 2; r++)
-                store4(yp + (m + r) * n, n0, n, _mm_mul_ps(dots[r], _mm_set1_ps(xq.scale[m + r])));
-        }
-        if (m < M) {
-            TINYGPT_DOT4_INT4<1>(xq.q.data() + m * K, xq.group_sum.data() + m * G, K, block, sb, dots);
-            store4(yp + m * n, n0, n, _mm_mul_ps(dots[0], _mm_set1_ps(xq.scale[m])));
-        }
+        m = int4_rows<4>(xq, m, M, K, block, sb, yp, n0, n);  // four rows of x per unpacking of the weights
+        m = int4_rows<2>(xq, m, M, K, block, sb, yp, n0, n);
+        int4_rows<1>(xq, m, M, K, block, sb, yp, n0, n);
     }
     return y;
 }
