@@ -6,9 +6,9 @@ sources, the flags and the torch version.
 
 They are for x86-64 CPUs with AVX2, where they beat PyTorch's weight-only kernels: 1.5-1.9x where bf16 is emulated
 (AVX2 alone), and on a CPU with native bf16 and AVX-512 VNNI (AMD Zen 5), built for it, the 30M model's compiled
-int4 step took 0.66 ms against 1.11 ms with PyTorch's at batch 1, and 3.31 against 6.36 ms at 16. Elsewhere (not Linux on
-x86-64 with AVX2, a CPU with AMX, where they are unmeasured, torch < 2.10, no compiler) `load()` returns False with
-the reason logged, and tinygpt.inference.quantize serves with PyTorch's own kernels instead.
+int4 step took 0.66 ms against 1.11 ms with PyTorch's at batch 1, and 3.31 against 6.36 ms at 16. Elsewhere (not
+Linux on x86-64 with AVX2, a CPU with AMX, where they are unmeasured, torch < 2.10, no compiler) `load()` returns
+False with the reason logged, and tinygpt.inference.quantize serves with PyTorch's own kernels instead.
 """
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("ma
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 # 8-bit dot products in one instruction, the same sums: AVX-512 VNNI (the int4 kernel in 512-bit registers), else
 # AVX-VNNI (Intel since Alder Lake)
-VNNI = ((("avx512_vnni", "avx512vl", "avx512bw", "avx512dq"), ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
-                                                              "-mavx512vnni")),
-        (("avx_vnni",), ("-mavxvnni",)))
+VNNI = (  # (what /proc/cpuinfo must list, the flags): the first match
+    (("avx512_vnni", "avx512vl", "avx512bw", "avx512dq"),
+     ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")),
+    (("avx_vnni",), ("-mavxvnni",)),
+)
 
 
 def unsupported() -> str | None:

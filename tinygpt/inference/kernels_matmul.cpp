@@ -132,7 +132,8 @@ void dot4_512(const int8_t* xq, const int8_t* block, int64_t K, __m128i* out) {
         _mm_prefetch(reinterpret_cast<const char*>(wk + kPrefetch + 64), _MM_HINT_T0);
         const __m512i w[2] = {_mm512_loadu_si512(wk), _mm512_loadu_si512(wk + 64)};  // rows 0-1, rows 2-3
         for (int r = 0; r < R; r++) {
-            const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * K + k)));
+            const __m256i x256 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * K + k));
+            const __m512i xv = _mm512_broadcast_i64x4(x256);
             const __mmask64 negative = _mm512_movepi8_mask(xv);
             const __m512i ax = _mm512_abs_epi8(xv);
             for (int h = 0; h < 2; h++)

@@ -173,7 +173,8 @@ def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_na
         # yields, which is what those components' processing would make of them; Gradio would otherwise hand
         # each input of each request and each update of each story to a worker thread and back
         run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden",
-                           preprocess=False, postprocess=False, **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
+                           preprocess=False, postprocess=False,
+                           **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
         run.then(finish, inputs=snapshots, outputs=[go, stop, *thinking], queue=False, api_visibility="private")
         runs.append(run)
     stop.click(finish, inputs=snapshots, outputs=[go, stop, *thinking], cancels=runs, queue=False,
