@@ -3,6 +3,7 @@ row by row whatever the batch, and a clean fallback to PyTorch's kernels where t
 import logging
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -254,3 +255,30 @@ def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model
             cache = model.new_cache(2)
             outs.append(torch.cat([model(ids[:, :8], cache=cache)[0], model(ids[:, 8:], cache=cache)[0]], 1))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+BUILD_OUTPUTS = """
+import sys, torch
+from tinygpt.inference import kernels, quantize
+kernels.vnni_flags = lambda *a: tuple(sys.argv[1].split())
+assert kernels.load()
+torch.manual_seed(0)
+int8, int4 = quantize.Int8Linear(torch.nn.Linear(384, 1536)), quantize.Int4Linear(torch.randn(1000, 384) * 0.05)
+x = torch.randn(7, 384)
+torch.save({"int8": int8(x), "int4": int4(x)}, sys.argv[2])
+"""
+
+
+@needs_kernels
+@pytest.mark.slow
+@pytest.mark.skipif(not kernels.vnni_flags(), reason="this CPU has no VNNI")
+def test_the_vnni_build_gives_the_avx2_builds_bits(tmp_path):
+    """Catches a VNNI or 512-bit path whose sums or float steps differ from the AVX2 code's: the same weights
+    would then give other stories on another machine, and the kernels' exactness claims would be false. Each
+    build in its own process (one library per process)."""
+    outputs = []
+    for i, flags in enumerate(["", " ".join(kernels.vnni_flags())]):
+        out = tmp_path / f"{i}.pt"
+        subprocess.run([sys.executable, "-c", BUILD_OUTPUTS, flags, str(out)], check=True, timeout=300)
+        outputs.append(torch.load(out))
+    assert all(torch.equal(outputs[0][k], outputs[1][k]) for k in ("int8", "int4"))
