@@ -22,7 +22,9 @@ EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and hi
 # still looks live; more often takes CPU from the model (bench/serve.py N=1, of the engine: 30 a second 0.69,
 # 15 0.76; with the faster int4 engine, back to back, 15 0.66-0.68 and 10 0.74-0.76)
 UPDATE_INTERVAL_S = 1 / 10
-UPDATES_PER_S = 120  # page updates a second over all stories: more would take the CPU from the model
+# page updates a second over all stories: each takes Gradio's event loop CPU the model needs (16 stories, three
+# alternating pairs, bench/serve's client: 60 gave 2,154-2,752 tok/s in all, 120 gave 1,985-2,103)
+UPDATES_PER_S = 60
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
