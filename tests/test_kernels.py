@@ -150,12 +150,6 @@ def test_topk_breaks_ties_by_the_lower_index():
     assert torch.equal(batched[1][:1], indices)
 
 
-def test_cpus_with_amx_keep_pytorch_kernels(monkeypatch):
-    """On a CPU with AMX ours are unmeasured: they must not take over there."""
-    monkeypatch.setattr(kernels.torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert "AMX" in kernels.unsupported()
-
-
 def test_vnni_flags_follow_the_cpu():
     """Catches a VNNI flag for a CPU without it (the library would die on an illegal instruction), or the 512-bit
     kernels asked for without every AVX-512 part they use."""
