@@ -13,6 +13,9 @@ from tinygpt.inference.quantize import Int4Linear, Int8Linear, WeightOnlyInt8Lin
 
 needs_kernels = pytest.mark.skipif(kernels.unsupported() is not None or not kernels.load(),
                                    reason=f"our kernels do not run here: {kernels.unsupported()}")
+# each kernel in both weight layouts: 4-row blocks (AVX2, VNNI) and AMX tiles, where this CPU has them
+LAYOUTS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    kernels.unsupported() is not None or not kernels.amx(), reason="this CPU has no AMX"), id="amx")]
 
 
 def _quantized_rows(x):
@@ -23,37 +26,51 @@ def _quantized_rows(x):
 
 
 def _reference_int8(layer, x):
-    """Int8Linear's math in float64: unpack the 4-row blocks, integer dot products, both scales, the bias."""
+    """Int8Linear's math in float64: unpack the 4-row blocks (or 16-row tiles), integer dot products, both
+    scales, the bias."""
     rows, k = layer.packed.shape
-    w = layer.packed.view(rows // 4, k // 32, 4, 32).transpose(1, 2).reshape(rows, k).double()
+    if layer.amx:
+        w = layer.packed.view(rows // 16, k // 4, 16, 4).transpose(1, 2).reshape(rows, k).double()
+    else:
+        w = layer.packed.view(rows // 4, k // 32, 4, 32).transpose(1, 2).reshape(rows, k).double()
     q, sx = _quantized_rows(x)
     y = (q @ w.T) * sx * layer.scales.double() + (0 if layer.bias is None else layer.bias.double())
     return y[:, :layer.out_features]
 
 
 def _reference_int4(layer, x):
-    """Int4Linear's math in float64: unpack nibbles and blocks, then code * scale + offset per group of 64."""
+    """Int4Linear's math in float64: unpack nibbles and blocks (or tiles), then code * scale + offset per group
+    of 64."""
     rows, k = layer.codes.shape[0], layer.in_features
-    codes = layer.codes.view(rows // 4, k // 64, 4, 32).transpose(1, 2).reshape(rows, k // 64, 32).long()
-    codes = torch.stack([codes & 15, codes >> 4], 2).view(rows, k // 64, 64).double()
-    pairs = layer.scales.double().view(rows // 4, k // 64, 2, 4).permute(0, 3, 1, 2).reshape(rows, k // 64, 2)
+    if layer.amx:  # per tile and group: 8 runs of 16 rows x 4 codes, runs i and i + 8 in a byte's two nibbles
+        runs = layer.codes.view(rows // 16, k // 64, 8, 16, 4).long()
+        runs = torch.cat([runs & 15, runs >> 4], 2)
+        codes = runs.permute(0, 3, 1, 2, 4).reshape(rows, k // 64, 64).double()
+        pairs = layer.scales.double().view(rows // 16, k // 64, 2, 16).permute(0, 3, 1, 2).reshape(rows, k // 64, 2)
+    else:
+        codes = layer.codes.view(rows // 4, k // 64, 4, 32).transpose(1, 2).reshape(rows, k // 64, 32).long()
+        codes = torch.stack([codes & 15, codes >> 4], 2).view(rows, k // 64, 64).double()
+        pairs = layer.scales.double().view(rows // 4, k // 64, 2, 4).permute(0, 3, 1, 2).reshape(rows, k // 64, 2)
     w = (codes * pairs[..., :1] + pairs[..., 1:]).view(rows, k)
     q, sx = _quantized_rows(x)
     return ((q @ w.T) * sx)[:, :layer.out_features]
 
 
 @needs_kernels
-@pytest.mark.parametrize("out_features, bias", [(96, True), (50, True), (37, False)])
-def test_int8_kernel_computes_its_math_and_stays_near_the_float_layer(out_features, bias):
+@pytest.mark.parametrize("amx", LAYOUTS)
+@pytest.mark.parametrize("out_features, bias, rows", [(96, True, 5), (50, True, 2), (37, False, 20)])
+def test_int8_kernel_computes_its_math_and_stays_near_the_float_layer(out_features, bias, rows, amx):
     """Catches a wrong block layout or nibble order (the float layer drifts away), a scale applied twice or a lost
-    bias (the reference disagrees), and padding rows leaking into the output (odd widths)."""
+    bias (the reference disagrees), and padding rows leaking into the output (odd widths). AMX: a few rows take
+    VNNI on the tile layout, more take the tiles, 20 a second tile of rows."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, out_features, bias=bias)
-    layer = Int8Linear(linear)
-    x = torch.randn(5, 64)
-    x[3] = 0.0  # a row of zeros has no scale: it must give the bias, not NaN
+    layer = Int8Linear(linear, amx=amx)
+    assert layer.amx == amx
+    x = torch.randn(rows, 64)
+    x[rows // 2] = 0.0  # a row of zeros has no scale: it must give the bias, not NaN
     y = layer(x)
-    assert y.shape == (5, out_features) and y.dtype == torch.float32
+    assert y.shape == (rows, out_features) and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), _reference_int8(layer, x), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         ref = linear(x)
@@ -61,28 +78,47 @@ def test_int8_kernel_computes_its_math_and_stays_near_the_float_layer(out_featur
 
 
 @needs_kernels
-@pytest.mark.parametrize("out_features", [128, 41])
-def test_int4_kernel_computes_its_math_and_stays_near_the_float_layer(out_features):
+@pytest.mark.parametrize("amx", LAYOUTS)
+@pytest.mark.parametrize("out_features, rows, k", [(128, 7, 128), (41, 3, 128), (41, 2, 320), (70, 20, 320)])
+def test_int4_kernel_computes_its_math_and_stays_near_the_float_layer(out_features, rows, k, amx):
+    """Rows in fours, then a pair, then one (blocks); 2-3 rows by VNNI, 7 in one tile, 20 in two (AMX); five
+    groups: a last batch of one in flight on the tiles."""
     torch.manual_seed(0)
-    weight = torch.randn(out_features, 128) * 0.05
-    layer = Int4Linear(weight)
-    x = torch.randn(7, 128)  # rows in fours, then a pair, then one
+    weight = torch.randn(out_features, k) * 0.05
+    layer = Int4Linear(weight, amx=amx)
+    x = torch.randn(rows, k)
     y = layer(x)
-    assert y.shape == (7, out_features)
+    assert y.shape == (rows, out_features)
     torch.testing.assert_close(y.double(), _reference_int4(layer, x), rtol=1e-4, atol=1e-5)
     ref = x @ weight.T
     assert (y - ref).norm() <= 0.12 * ref.norm()  # 4-bit weights: about 8% on random normals
 
 
 @needs_kernels
-@pytest.mark.parametrize("make", [lambda: Int8Linear(torch.nn.Linear(64, 96)), lambda: Int4Linear(torch.randn(96, 64))])
-def test_a_row_gets_the_same_bits_alone_and_in_a_batch(make):
+@pytest.mark.parametrize("amx", LAYOUTS)
+@pytest.mark.parametrize("make", [lambda amx: Int8Linear(torch.nn.Linear(64, 96), amx=amx),
+                                  lambda amx: Int4Linear(torch.randn(96, 64), amx=amx)])
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch(make, amx):
     """A seeded story must not change when other users share its decode step: rows never mix (one scale per
-    row, integer sums, the same order of float operations whatever the batch size)."""
+    row, integer sums, the same order of float operations whatever the batch size). With AMX a lone row takes
+    VNNI and a batch the tiles: a different float order in one of them would fail here."""
     torch.manual_seed(1)
-    layer, x = make(), torch.randn(7, 64)
+    layer, x = make(amx), torch.randn(20, 64)
     batched = layer(x)
-    assert all(torch.equal(batched[i], layer(x[i:i + 1])[0]) for i in range(7))
+    assert all(torch.equal(batched[i], layer(x[i:i + 1])[0]) for i in range(20))
+    assert all(torch.equal(batched[i:i + 2], layer(x[i:i + 2])) for i in range(0, 20, 2))
+
+
+@needs_kernels
+@pytest.mark.skipif(kernels.unsupported() is not None or not kernels.amx(), reason="this CPU has no AMX")
+def test_the_amx_int8_kernel_gives_the_other_kernels_bits():
+    """Exact int32 sums and the same float steps: the tile layout must not change a served model's numbers."""
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(384, 200)
+    blocks, tiles = Int8Linear(linear, amx=False), Int8Linear(linear, amx=True)
+    for rows in (1, 3, 16, 40):
+        x = torch.randn(rows, 384)
+        assert torch.equal(blocks(x), tiles(x))
 
 
 @needs_kernels
@@ -122,7 +158,7 @@ def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_p
     monkeypatch.setattr(kernels, "_build", broken)
     monkeypatch.setattr(kernels, "unsupported", lambda: None)
     with caplog.at_level(logging.WARNING, logger="tinygpt.inference.kernels"):
-        assert kernels._load.__wrapped__() is False
+        assert kernels._load.__wrapped__() is None
     assert "boom" in caplog.text and "PyTorch's kernels serve instead" in caplog.text
 
 
@@ -152,8 +188,11 @@ def test_topk_breaks_ties_by_the_lower_index():
 
 def test_vnni_flags_follow_the_cpu():
     """Catches a VNNI flag for a CPU without it (the library would die on an illegal instruction), or the 512-bit
-    kernels asked for without every AVX-512 part they use."""
+    kernels (or AMX's) asked for without every part they use."""
     avx512 = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")
+    amx = "flags : fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx_vnni amx_tile amx_int8"
+    assert kernels.vnni_flags(amx) == avx512 + ("-mamx-tile", "-mamx-int8")
+    assert kernels.vnni_flags(amx.replace(" amx_int8", "")) == avx512
     assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx_vnni") == avx512
     assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512vl avx512_vnni avx_vnni") == ("-mavxvnni",)
     assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512bw avx512vl") == ()
@@ -161,19 +200,24 @@ def test_vnni_flags_follow_the_cpu():
 
 
 def test_a_compiler_without_vnni_gets_the_avx2_build(monkeypatch):
-    """Catches an older compiler that rejects -mavxvnni leaving the machine without our kernels at all."""
+    """Catches an older compiler that rejects -mamx-int8 or -mavxvnni leaving the machine without our kernels at
+    all: each instruction set the CPU has is tried, best first, then plain AVX2."""
     tried = []
 
     def build(compiler, flags):
         tried.append(flags)
-        if "-mavxvnni" in flags:
-            raise subprocess.SubprocessError("c++ failed: unrecognized command-line option '-mavxvnni'")
+        if "-mavxvnni" in flags or "-mamx-int8" in flags:
+            raise subprocess.SubprocessError("c++ failed: unrecognized command-line option")
         return kernels.Path("kernels.so")
 
     monkeypatch.setattr(kernels, "_build", build)
-    monkeypatch.setattr(kernels, "vnni_flags", lambda: ("-mavxvnni",))
+    monkeypatch.setattr(kernels, "_vnni_choices", lambda: [("-mavxvnni",)])
     assert kernels._build_for_this_cpu("c++") == kernels.Path("kernels.so")
     assert tried == [kernels.FLAGS + ("-mavxvnni",), kernels.FLAGS]
+    tried.clear()
+    monkeypatch.setattr(kernels, "_vnni_choices", lambda: [("-mamx-int8",), ("-mavx512vnni",)])
+    assert kernels._build_for_this_cpu("c++") == kernels.Path("kernels.so")
+    assert tried == [kernels.FLAGS + ("-mamx-int8",), kernels.FLAGS + ("-mavx512vnni",)]
 
 
 def _cache_attention_case(B, T, nh, hs, L, seed=0):
@@ -269,10 +313,17 @@ torch.save({"int8": int8(x), "int4": int4(x)}, sys.argv[2])
 def test_the_vnni_build_gives_the_avx2_builds_bits(tmp_path):
     """Catches a VNNI or 512-bit path whose sums or float steps differ from the AVX2 code's: the same weights
     would then give other stories on another machine, and the kernels' exactness claims would be false. Each
-    build in its own process (one library per process)."""
+    build in its own process (one library per process). The AMX build's int4 sums each group's products in
+    int32 before its float step (the others: 8 columns at a time), so its logits may differ in the last bits."""
+    builds = [""] + [" ".join(flags) for flags in kernels._vnni_choices()]
     outputs = []
-    for i, flags in enumerate(["", " ".join(kernels.vnni_flags())]):
+    for i, flags in enumerate(builds):
         out = tmp_path / f"{i}.pt"
         subprocess.run([sys.executable, "-c", BUILD_OUTPUTS, flags, str(out)], check=True, timeout=300)
         outputs.append(torch.load(out))
-    assert all(torch.equal(outputs[0][k], outputs[1][k]) for k in ("int8", "int4"))
+    for flags, output in zip(builds[1:], outputs[1:]):
+        assert torch.equal(outputs[0]["int8"], output["int8"]), flags
+        if "-mamx-int8" in flags:
+            torch.testing.assert_close(outputs[0]["int4"], output["int4"], rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(outputs[0]["int4"], output["int4"]), flags

@@ -13,6 +13,7 @@ with PyTorch's own kernels instead.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import logging
@@ -28,12 +29,15 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "topk", "attention"))
+SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "amx", "topk", "attention"))
+HEADERS = (Path(__file__).with_name("kernels_rows.h"),)
 # every AVX2 CPU also has FMA and F16C
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 # 8-bit dot products in one instruction, the same sums: AVX-512 VNNI (the int4 kernel in 512-bit registers), else
 # AVX-VNNI (Intel since Alder Lake)
-VNNI = (  # (what /proc/cpuinfo must list, the flags): the first match
+VNNI = (  # (what /proc/cpuinfo must list, the flags): the first match; AMX's tiles (kernels_amx.cpp) with it
+    (("amx_int8", "amx_tile", "avx512_vnni", "avx512vl", "avx512bw", "avx512dq"),
+     ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mamx-tile", "-mamx-int8")),
     (("avx512_vnni", "avx512vl", "avx512bw", "avx512dq"),
      ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")),
     (("avx_vnni",), ("-mavxvnni",)),
@@ -57,29 +61,41 @@ _LOCK = threading.Lock()  # two threads loading models at once must not build or
 def load() -> bool:
     """Build (once per machine) and load the kernels; False, with the reason logged, where they cannot be."""
     with _LOCK:
-        return _load()
+        return _load() is not None
 
 
 @functools.cache
-def _load() -> bool:
+def amx() -> bool:
+    """Whether the loaded kernels multiply on AMX tiles (`torch.ops.tinygpt.int8_linear_amx`): built for a CPU
+    with them, and the OS lets this process use them."""
+    library = _load() if load() else None
+    return library is not None and ctypes.CDLL(str(library)).tinygpt_amx_ready() == 1
+
+
+@functools.cache
+def _load() -> Path | None:
+    """The loaded library's path, or None."""
     reason = unsupported()
     compiler = shutil.which("c++") or shutil.which("g++")
     if reason is None and compiler is None:
         reason = "no C++ compiler (c++ or g++) on the PATH"
     if reason is not None:
         log.info("tinygpt's CPU kernels are not used: %s; PyTorch's kernels serve instead", reason)
-        return False
+        return None
     try:
-        torch.ops.load_library(str(_build_for_this_cpu(compiler)))
+        library = _build_for_this_cpu(compiler)
+        torch.ops.load_library(str(library))
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("tinygpt's CPU kernels could not be built or loaded (%s); PyTorch's kernels serve "
                     "instead", str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__)
-        return False
+        return None
     torch.library.register_fake("tinygpt::int8_linear")(_output_like)
+    torch.library.register_fake("tinygpt::int8_linear_amx")(_output_like)
     torch.library.register_fake("tinygpt::int4_linear")(_output_like)
+    torch.library.register_fake("tinygpt::int4_linear_amx")(_output_like)
     torch.library.register_fake("tinygpt::topk")(_topk_like)
     torch.library.register_fake("tinygpt::cache_attention")(_attention_like)
-    return True
+    return library
 
 
 def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,30 +128,33 @@ def _output_like(x: torch.Tensor, *args: torch.Tensor | int | None) -> torch.Ten
 
 def vnni_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     """The compiler flags for this CPU's VNNI instructions (from /proc/cpuinfo), or () if it has none."""
+    return next(iter(_vnni_choices(cpuinfo)), ())
+
+
+def _vnni_choices(cpuinfo: str | None = None) -> list[tuple[str, ...]]:
+    """Every entry of VNNI this CPU has, best first."""
     try:
         words = set((Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo).split())
     except OSError:
-        return ()
-    return next((flags for needs, flags in VNNI if words.issuperset(needs)), ())
+        return []
+    return [flags for needs, flags in VNNI if words.issuperset(needs)]
 
 
 def _build_for_this_cpu(compiler: str) -> Path:
-    """The library with this CPU's VNNI if it has one, else (or if the compiler cannot) plain AVX2."""
-    extra = vnni_flags()
-    try:
-        return _build(compiler, FLAGS + extra)
-    except subprocess.SubprocessError as e:
-        if not extra:
-            raise
-        log.info("building with %s failed (%s); building for AVX2 alone", " ".join(extra), e)
-        return _build(compiler, FLAGS)
+    """The library with the best of this CPU's instructions that the compiler takes, else plain AVX2."""
+    for extra in _vnni_choices():
+        try:
+            return _build(compiler, FLAGS + extra)
+        except subprocess.SubprocessError as e:
+            log.info("building with %s failed (%s); trying fewer instructions", " ".join(extra), e)
+    return _build(compiler, FLAGS)
 
 
 def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     """The shared library for this source, flags and torch: built into the cache unless it is there already.
     Written under a temporary name and renamed into place, so a build cut short leaves nothing half-written."""
     torch_dir = Path(torch.__file__).parent
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     key = hashlib.sha256(source + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()[:16]
     cache = Path(tempfile.gettempdir()) / f"tinygpt-kernels-{os.getuid()}"
     target = cache / f"kernels-{key}.so"

@@ -35,10 +35,10 @@ class _KernelLinear(nn.Module):
 
     WIDTH = 32
 
-    def _pad_rows(self, weight: torch.Tensor) -> torch.Tensor:
-        """(n, k) weight -> (rows, k) fp32 with zero rows up to a multiple of 4; records the layer's shape."""
+    def _pad_rows(self, weight: torch.Tensor, multiple: int = 4) -> torch.Tensor:
+        """(n, k) weight -> (rows, k) fp32 with zero rows up to a multiple; records the layer's shape."""
         n, k = weight.shape
-        padded = torch.zeros(-(-n // 4) * 4, k)
+        padded = torch.zeros(-(-n // multiple) * multiple, k)
         padded[:n] = weight.detach().float()
         self.in_features, self.out_features = k, n
         return padded
@@ -55,23 +55,30 @@ class _KernelLinear(nn.Module):
 
 class Int8Linear(_KernelLinear):
     """y = x @ (w_int8 * scale).T + b with int8 weights (a scale per output channel) and each row of x quantized
-    to int8 on the fly (one scale per row): our kernel, `torch.ops.tinygpt.int8_linear`. Rows are independent,
-    so a stream's numbers do not depend on what else is in its batch."""
+    to int8 on the fly (one scale per row): our kernel, `torch.ops.tinygpt.int8_linear`, or on a CPU with AMX
+    `int8_linear_amx` (the same bits, weights laid out for its tiles). Rows are independent, so a stream's
+    numbers do not depend on what else is in its batch."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, amx: bool | None = None) -> None:
         super().__init__()
-        w = self._pad_rows(linear.weight)
+        # the tiles take 64 columns at a time; a narrower multiple of 32 gets the other kernel (the same bits)
+        self.amx = (kernels.amx() if amx is None else amx) and linear.in_features % 64 == 0
+        w = self._pad_rows(linear.weight, 16 if self.amx else 4)
         (rows, k), n = w.shape, self.out_features
         scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
         q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-        # each block of 4 rows, 32 columns at a time, as one run of memory (see kernels_matmul.cpp)
-        self.register_buffer("packed", q.view(rows // 4, 4, k // 32, 32).transpose(1, 2).contiguous().view(rows, k))
+        if self.amx:  # each tile of 16 rows, 4 columns at a time: the rows' 4 weights side by side (kernels_amx.cpp)
+            packed = q.view(rows // 16, 16, k // 4, 4).transpose(1, 2)
+        else:  # each block of 4 rows, 32 columns at a time, as one run of memory (kernels_matmul.cpp)
+            packed = q.view(rows // 4, 4, k // 32, 32).transpose(1, 2)
+        self.register_buffer("packed", packed.contiguous().view(rows, k))
         self.register_buffer("scales", scale)
         bias = None if linear.bias is None else torch.cat([linear.bias.detach().float(), torch.zeros(rows - n)])
         self.register_buffer("bias", bias)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.tinygpt.int8_linear(x, self.packed, self.scales, self.bias, self.out_features)
+        matmul = torch.ops.tinygpt.int8_linear_amx if self.amx else torch.ops.tinygpt.int8_linear
+        return matmul(x, self.packed, self.scales, self.bias, self.out_features)
 
 
 class WeightOnlyInt8Linear(nn.Module):
@@ -123,21 +130,29 @@ class Int4Linear(_KernelLinear):
 
     WIDTH = 64  # a group: one byte per pair of codes, 32 apart
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, amx: bool | None = None) -> None:
         super().__init__()
-        w = self._pad_rows(weight)
+        self.amx = kernels.amx() if amx is None else amx
+        w = self._pad_rows(weight, 16 if self.amx else 4)
         rows, k = w.shape
         groups = k // self.WIDTH
         q, scale, zero = quantize_int4(w.view(rows, groups, self.WIDTH))
-        nibbles = q.view(rows, groups, 2, 32).to(torch.uint8)  # each group: low nibbles, then high
-        codes = nibbles[:, :, 0] | nibbles[:, :, 1] << 4
-        self.register_buffer("codes", codes.view(rows // 4, 4, groups, 32).transpose(1, 2).reshape(rows, k // 2))
         offset = zero - 8 * scale  # codes run 0..15: w = code * scale + offset
-        pairs = torch.cat([scale, offset], -1).view(rows // 4, 4, groups, 2)  # per block and group: 4 scales, 4 offsets
-        self.register_buffer("scales", pairs.permute(0, 2, 3, 1).reshape(-1).half())
+        if self.amx:  # per tile of 16 rows and group: its 16 runs of the 16 rows' 4 codes, two runs to a byte
+            runs = q.view(rows // 16, 16, groups, 16, 4).permute(0, 2, 3, 1, 4).to(torch.uint8)
+            codes = runs[:, :, :8] | runs[:, :, 8:] << 4
+            pairs = torch.cat([scale, offset], -1).view(rows // 16, 16, groups, 2).permute(0, 2, 3, 1)
+        else:  # per block of 4 rows and group: each row's 32 bytes, low nibbles then high (kernels_matmul.cpp)
+            nibbles = q.view(rows, groups, 2, 32).to(torch.uint8)
+            codes = nibbles[:, :, 0] | nibbles[:, :, 1] << 4
+            codes = codes.view(rows // 4, 4, groups, 32).transpose(1, 2)
+            pairs = torch.cat([scale, offset], -1).view(rows // 4, 4, groups, 2).permute(0, 2, 3, 1)  # 4 scales, 4 offsets
+        self.register_buffer("codes", codes.reshape(rows, k // 2))
+        self.register_buffer("scales", pairs.reshape(-1).half())
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.tinygpt.int4_linear(x, self.codes, self.scales, self.out_features)
+        matmul = torch.ops.tinygpt.int4_linear_amx if self.amx else torch.ops.tinygpt.int4_linear
+        return matmul(x, self.codes, self.scales, self.out_features)
 
 
 class KernelAttention(CachedAttention):
