@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "amx", "topk", "attention"))
-HEADERS = (Path(__file__).with_name("kernels_rows.h"),)
+SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk",
+                                                                               "attention"))
+HEADERS = tuple(Path(__file__).with_name(f"kernels_{part}.h") for part in ("rows", "amx"))
 # every AVX2 CPU also has FMA and F16C
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
 # 8-bit dot products in one instruction, the same sums: AVX-512 VNNI (the int4 kernel in 512-bit registers), else

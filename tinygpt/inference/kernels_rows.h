@@ -49,7 +49,7 @@ struct QuantizedRows {
 };
 
 // Outputs n0..n0+3 of a row of y, but none at or past n (the weights' padding rows have no column in y).
-void store4(float* y, int64_t n0, int64_t n, __m128 v) {
+[[maybe_unused]] void store4(float* y, int64_t n0, int64_t n, __m128 v) {
     if (n0 + 4 <= n) {
         _mm_storeu_ps(y + n0, v);
         return;
