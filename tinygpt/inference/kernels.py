@@ -1,13 +1,14 @@
-"""Our own CPU kernels (kernels_matmul.cpp, kernels_topk.cpp, kernels_attention.cpp): built on first use with the
-machine's C++ compiler against the installed torch's stable C ABI into one library, and loaded as torch ops
-(`torch.ops.tinygpt.int8_linear`, `.int4_linear`, `.topk`, `.cache_attention`), which torch.compile calls like any
+"""Our own CPU kernels (kernels_matmul.cpp, kernels_amx*.cpp, kernels_topk.cpp, kernels_attention.cpp): built on
+first use with the machine's C++ compiler against the installed torch's stable C ABI into one library, and loaded
+as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, their `_amx` twins, `.topk`, `.cache_attention`), which torch.compile calls like any
 other op. One build per machine, about 10 s, cached in the temporary directory under a name that hashes the
 sources, the flags and the torch version.
 
 They are for x86-64 CPUs with AVX2, where they beat PyTorch's weight-only kernels: 1.5-1.9x where bf16 is emulated
 (AVX2 alone); on a CPU with native bf16 and AVX-512 VNNI (AMD Zen 5), built for it, the 30M model's compiled
 int4 step took 0.66 ms against 1.11 ms with PyTorch's at batch 1, and 3.31 against 6.36 ms at 16; on an Intel Xeon
-with AMX, 0.99 against 1.67 ms at 1, 4.38 against 10.58 at 16. Elsewhere (not Linux on x86-64 with AVX2,
+with AMX, 0.99 against 1.67 ms at 1, 4.38 against 10.58 at 16, and 2.31 at 16 with its tiles (kernels_amx*.cpp,
+built where the CPU has them). Elsewhere (not Linux on x86-64 with AVX2,
 torch < 2.10, no compiler) `load()` returns False with the reason logged, and tinygpt.inference.quantize serves
 with PyTorch's own kernels instead.
 """
