@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.inference.quantize import default_precision, for_serving  # noqa: E402
+from tinygpt.inference.quantize import cache_dtype, default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams, choose_token  # noqa: E402
 from tinygpt.sharing.export import export_transformers  # noqa: E402
 
@@ -85,7 +85,7 @@ def stories(tok, val_bin, n=20, block=128):
 def cached_logits(model, x: torch.Tensor) -> torch.Tensor:
     """Every position's logits (B, T, vocab) through a KV cache, as serving computes them (the attention kernel
     and fp16 cache of an int8/int4 copy included): the prompt's prefill path, which attends over the cache."""
-    h = model.hidden(x, model.new_cache(x.shape[0]))
+    h = model.hidden(x, model.new_cache(x.shape[0], cache_dtype(model)))
     return model.vocab_logits(model.lm_head(h)).float()
 
 

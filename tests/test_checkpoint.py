@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tinygpt import CheckpointError, load_checkpoint, save_checkpoint
+from tinygpt import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -40,18 +40,23 @@ def test_missing_files_are_named(ckpt):
     (ckpt / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json: missing"):
         load_checkpoint(ckpt)
-    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint directory, and not a Hub repo id"):
+    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint directory .*from_pretrained"):
         load_checkpoint(ckpt.parent / "nowhere")
+    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint directory, and not a Hub repo id"):
+        from_pretrained(ckpt.parent / "nowhere")
 
 
 def test_a_repo_id_is_fetched_from_the_hub(monkeypatch, ckpt):
-    """load_checkpoint('user/name') downloads (here: a stand-in for the Hub download) as from_pretrained does."""
+    """from_pretrained('user/name') downloads (here: a stand-in for the Hub download); load_checkpoint never does."""
     import tinygpt.sharing.hub
 
     asked = []
     monkeypatch.setattr(tinygpt.sharing.hub, "download_checkpoint", lambda repo: asked.append(repo) or ckpt)
-    model, info = load_checkpoint("someone/tiny-stories")
+    model, info = from_pretrained("someone/tiny-stories")
     assert asked == ["someone/tiny-stories"] and info["directory"] == str(ckpt)
+    with pytest.raises(CheckpointError):
+        load_checkpoint("someone/tiny-stories")
+    assert asked == ["someone/tiny-stories"]
 
 
 def test_truncated_weights_are_refused(ckpt):

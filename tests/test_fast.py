@@ -21,7 +21,7 @@ def test_decode_step_matches_full_forward(trained_like, precision):
     engine = Engine(model)
     with torch.no_grad():
         full = model(x)[0][0].float()  # (T, vocab)
-    cache, stream = model.new_cache(1), engine.new_stream(x[0, :4].tolist(), SamplingParams())
+    cache, stream = engine.new_cache(1), engine.new_stream(x[0, :4].tolist(), SamplingParams())
     engine.logits(cache, stream)
     for t in range(4, TINY.block_size):
         stream.push(int(x[0, t]))
@@ -115,7 +115,7 @@ def test_exported_transformers_model_matches(trained_like, tmp_path):
 def _teacher_forced(engine, model, ids, params, batch):
     """Each stream's SampledTokens, the streams stepped together at batch size `batch` (padded), each step's
     input taken from `ids` (teacher forcing: every run sees the same contexts, through a context slide)."""
-    cache, streams = model.new_cache(batch), [engine.new_stream(x[:4], p) for x, p in zip(ids, params)]
+    cache, streams = engine.new_cache(batch), [engine.new_stream(x[:4], p) for x, p in zip(ids, params)]
     out = [[] for _ in streams]
     for t in range(4, 2 * TINY.block_size):
         for row, token in zip(out, engine.advance(cache, streams)):

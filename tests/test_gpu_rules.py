@@ -121,8 +121,8 @@ def test_the_app_asked_for_int4_on_a_gpu_serves_in_what_the_gpu_runs(fake_gpu, m
 
     fake_gpu(name="Tesla T4", capability=(7, 5))
     ckpt = save_checkpoint(GPT(TINY), tmp_path / "best")
-    real_load = serving.load_checkpoint
-    monkeypatch.setattr(serving, "load_checkpoint", lambda source, device: real_load(source, "cpu"))
+    real_load = serving.from_pretrained
+    monkeypatch.setattr(serving, "from_pretrained", lambda source, device: real_load(source, "cpu"))
     with caplog.at_level("WARNING"):
         loaded = serving.load_for_serving(str(ckpt), device=CUDA, precision="int4")
     assert loaded.precision == "fp16" and loaded.model.lm_head.weight.dtype == torch.float16

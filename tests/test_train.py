@@ -162,7 +162,7 @@ def test_torchrun_rank0_failure_stops_every_rank(token_data, tmp_path):
 
 
 def test_resume_with_nothing_saved_says_so(token_data, tmp_path):
-    from tinygpt.sharing.checkpoint import CheckpointError
+    from tinygpt.model.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="nothing to resume: .*last holds no checkpoint"):
         Trainer(MODEL, config(token_data, tmp_path / "fresh", resume=True))

@@ -10,7 +10,8 @@ Public API (imported lazily, so `import tinygpt` and the torch-free data tools s
     generate, GeneratedToken       streaming text generation (tinygpt.inference.story)
     Engine, SamplingParams         the token-level engine and its settings (tinygpt.inference)
     Batcher                        many streams sharing each decode step (tinygpt.inference.batching)
-    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.sharing.checkpoint)
+    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.model.checkpoint)
+    from_pretrained                a checkpoint directory or a Hub repo id (tinygpt.sharing.hub)
     pick_device, pick_dtype        device and dtype choice (tinygpt.device)
 """
 from importlib import import_module
@@ -21,8 +22,8 @@ _EXPORTS = {
     "GPT": "model.gpt", "GPTConfig": "model.gpt", "Tokenizer": "data.tokenizer", "generate": "inference.story",
     "GeneratedToken": "inference.story", "Engine": "inference.engine", "SamplingParams": "inference.sampling",
     "Batcher": "inference.batching",
-    "save_checkpoint": "sharing.checkpoint", "load_checkpoint": "sharing.checkpoint",
-    "CheckpointError": "sharing.checkpoint", "pick_device": "device", "pick_dtype": "device",
+    "save_checkpoint": "model.checkpoint", "load_checkpoint": "model.checkpoint",
+    "CheckpointError": "model.checkpoint", "from_pretrained": "sharing.hub", "pick_device": "device", "pick_dtype": "device",
 }
 __all__ = list(_EXPORTS)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
 
@@ -32,13 +33,29 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The instruction-set flags /proc/cpuinfo lists for this CPU (`cpuinfo`: that file's text instead), or
+    none where there is no such file (not Linux)."""
+    return _parse_flags(cpuinfo) if cpuinfo is not None else _this_cpu_flags()
+
+
+@functools.cache
+def _this_cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return _parse_flags(f.read())
+    except OSError:
+        return frozenset()
+
+
+def _parse_flags(cpuinfo: str) -> frozenset[str]:
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls in hardware (elsewhere bf16 is emulated and slower)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:  # not Linux: stay with fp32
-        return False
-    return ("avx512_bf16" in flags or "amx_bf16" in flags) and torch.backends.mkldnn.is_available()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
 
 
 def cuda_half_dtype(device: torch.device) -> tuple[torch.dtype, str]:
@@ -61,7 +78,7 @@ def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtyp
     if device.type == "cuda":
         dtype, why = cuda_half_dtype(device)
     elif device.type == "cpu" and cpu_has_native_bf16():
-        dtype, why = torch.bfloat16, "CPU has native bf16 instructions (2x fp32 training measured here)"
+        dtype, why = torch.bfloat16, "the CPU has native bf16 instructions"
     else:
         dtype, why = torch.float32, f"{device.type}: fp32 is the safe default (ask for bfloat16 to try it)"
     log.info("dtype %s (%s)", str(dtype).removeprefix("torch."), why)
@@ -76,10 +93,9 @@ def set_malloc_thresholds(small_model: bool) -> bool:
 
     Training allocates and frees its activations every step. Small models: serve even large buffers from the
     heap and keep freed memory (2 GB mmap and trim thresholds) instead of returning it and page-faulting it in
-    again, measured 1.4-2x the tokens/s for `train.py --preset cpu` on a 2-core CPU. Large models: a fixed 128 KiB mmap threshold,
-    so big buffers always go back to the OS; glibc's default raises the threshold as buffers are freed, and
-    the heap then grows by fragments (3.5 GB instead of 2.5 GB for the reference model). Either call also
-    turns off glibc's dynamic threshold. Returns whether the setting was applied.
+    again, which is faster. Large models: a fixed 128 KiB mmap threshold, so big buffers always go back to the
+    OS; glibc's default raises the threshold as buffers are freed, and the heap then grows by fragments. Either
+    call also turns off glibc's dynamic threshold. bench/train.py measures both. Returns whether it was applied.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -10,9 +10,11 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
+from tinygpt.data.tokenizer import EOT_TEXT
+
 log = logging.getLogger(__name__)
 
-EOT_LINE = "<|endoftext|>"
+EOT_LINE = EOT_TEXT
 EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
 
 

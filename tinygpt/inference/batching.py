@@ -75,7 +75,7 @@ class Batcher:
         self.max_waiting = max_waiting
         self._own = compute is None  # a thread of its own, closed with it
         self.compute = compute or ComputeThread("tinygpt-batcher")
-        self.cache = self.compute.call(engine.model.new_cache, engine.padded_size(self.max_batch))
+        self.cache = self.compute.call(engine.new_cache, engine.padded_size(self.max_batch))
         self._waiting: deque[Request] = deque()
         self._active: list[Request] = []  # request i decodes in cache row i
         self._lock = threading.Lock()

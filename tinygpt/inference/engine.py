@@ -9,8 +9,7 @@ a bounded cost once every block_size/4 tokens.
 
 The step can be compiled (`compile=True`): torch.compile of the same forward plus sampling, with static shapes
 (the cache is preallocated and attention is masked), once per batch size in `batch_sizes`; a batch is padded
-to the next of them. On CPUs with Inductor's C++ wrapper. Text is not this module's business: see
-tinygpt.inference.story.
+to the next of them. Text is not this module's business: see tinygpt.inference.story.
 """
 from __future__ import annotations
 
@@ -22,14 +21,16 @@ from typing import Callable, Iterator
 
 import torch
 
+from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.inference import kernels
-from tinygpt.inference.sampling import (ALT_MAX, TOP_K_MAX, SamplingParams, choose_token, pick_top,
-                                        settings_tensor)
+from tinygpt.inference.quantize import cache_dtype
+from tinygpt.inference.sampling import (TOP_K_MAX, SamplingParams, choose_token, pick_top, resolve_seed,
+                                        settings_tensor, unpack_row)
+from tinygpt.inference.vocab import VocabTopK
 from tinygpt.model.gpt import GPT
 from tinygpt.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
-EOT_ID = 50256  # GPT-2's <|endoftext|>
 PADDING = SamplingParams(temperature=0)  # the settings of a batch's unused rows
 
 
@@ -69,10 +70,9 @@ class Stream:
         """The next draw in [0, 1), exact in float32 (a float64 near 1 would round up to 1.0)."""
         return self.rng.getrandbits(24) / 2**24
 
-    def accept(self, out: list[float]) -> SampledToken:
-        """The step's packed result for this stream (see sampling.describe) as a SampledToken, appended."""
-        n = self.params.alternatives
-        token = SampledToken(int(out[0]), out[1], tuple(zip(map(int, out[2:2 + n]), out[2 + ALT_MAX:2 + ALT_MAX + n])))
+    def accept(self, row: list[float]) -> SampledToken:
+        """The step's packed row for this stream (sampling.unpack_row) as a SampledToken, appended."""
+        token = SampledToken(*unpack_row(row, self.params.alternatives))
         self.produced += 1
         self.done = token.id == self.eot_id and self.params.stop_at_eot or self.produced == self.params.max_new_tokens
         self.push(token.id)
@@ -89,9 +89,11 @@ class Engine:
         self.keep = max(1, self.block_size - max(1, self.block_size // 4))
         self.device = model.transformer.wpe.weight.device
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
-        # ranking 50,257 logits: our kernel where it builds (3x torch.topk alone; 8% of the step at 64 streams)
-        self._rank = kernels.topk if self.device.type == "cpu" and kernels.load() else torch.topk
-        self._logits, self._eager_pick = _eager_decode(model), _eager_decode_pick(model, self._rank)
+        self.cache_dtype = cache_dtype(model)
+        # ranking the logits: our kernel where a serving copy has loaded them (this never builds them)
+        rank = kernels.topk if self.device.type == "cpu" and kernels.loaded() else torch.topk
+        self._topk = VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), rank)
+        self._logits, self._eager_pick = _eager_decode(model), _eager_decode_pick(model, self._topk)
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> compiled decode-and-sample
         self.compiled = compile and self._try_compile()
 
@@ -99,10 +101,10 @@ class Engine:
         """Compile the decode step for each batch size; on any failure (no C++ compiler, say) decode eagerly."""
         t0 = time.perf_counter()
         try:
-            step = compile_step(_eager_decode_pick(self.model, self._rank), self.device)
+            step = compile_step(_eager_decode_pick(self.model, self._topk), self.device)
             with torch.no_grad():
                 for B in self.batch_sizes:  # traced now: a stream never waits on the compiler
-                    step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.model.new_cache(B),
+                    step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.new_cache(B),
                          settings_tensor([PADDING] * B, self.device), torch.zeros(B, device=self.device))
         except Exception as e:  # noqa: BLE001 - any compiler failure leaves a working eager engine
             log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly",
@@ -112,9 +114,13 @@ class Engine:
         log.info("decode step compiled for batch sizes %s in %.1f s", self.batch_sizes, time.perf_counter() - t0)
         return True
 
+    def new_cache(self, batch_size: int) -> KVCache:
+        """A KV cache for `batch_size` streams of this engine's model, in the dtype its attention reads."""
+        return self.model.new_cache(batch_size, self.cache_dtype)
+
     def new_stream(self, ids: list[int], params: SamplingParams) -> Stream:
         """A stream for prompt `ids`: none starts from <|endoftext|>; more than block_size keeps the last ones."""
-        rng = random.Random(params.seed) if params.seed is not None else random.Random()
+        rng = random.Random(resolve_seed(params.seed))
         return Stream(list(ids[-self.block_size:]) or [self.eot_id], params, self.block_size, self.keep,
                       self.eot_id, rng)
 
@@ -126,7 +132,7 @@ class Engine:
     def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]:
         """Yield each new token of one stream as it is sampled (a batch of one). Stops after <|endoftext|>
         when params.stop_at_eot, or after params.max_new_tokens."""
-        stream, cache = self.new_stream(ids, params), self.model.new_cache(self.padded_size(1))
+        stream, cache = self.new_stream(ids, params), self.new_cache(self.padded_size(1))
         while not stream.done:
             yield self.advance(cache, [stream])[0]
 
@@ -196,22 +202,19 @@ def _eager_decode(model: GPT) -> Callable[[torch.Tensor, KVCache], tuple[torch.T
     return decode
 
 
-def _eager_decode_pick(model: GPT, rank: Callable = torch.topk) -> Callable[..., torch.Tensor]:
-    """The decode step with greedy or top-k sampling. It ranks the head's rows (GPT.vocab_topk): for a model
-    with kept tokens, a fifth of the vocabulary, with the same candidates and draws as ranking all 50,257 logits
-    (the shipped model's compiled step: 0.96 ms instead of 1.28 at batch 1, 4.6 instead of 7.3 at 16)."""
-    k = min(TOP_K_MAX, model.config.vocab_size)
-
+def _eager_decode_pick(model: GPT, topk: VocabTopK) -> Callable[..., torch.Tensor]:
+    """The decode step with greedy or top-k sampling. It ranks the head's rows (VocabTopK): for a model with
+    kept tokens, a fifth of the vocabulary, with the same candidates and draws as ranking all 50,257 logits."""
     def decode_pick(idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        rows = model(idx, cache=cache, vocab=False)[0].flatten(0, 1).float()  # (B, n_rows): one token per stream
-        values, ids = model.vocab_topk(rows, k, rank)
+        rows = model.lm_head(model.hidden(idx, cache)[:, -1]).float()  # (B, n_rows): one token per stream
+        values, ids = topk(rows)
         return pick_top(values, ids, rows.logsumexp(-1), settings, u)  # the rows' lse is the vocabulary's
     return decode_pick
 
 
 def _skipping_guards(compiled: Callable) -> Callable:
-    """Call `compiled` without re-checking Dynamo's guards on every parameter (a third of a step's time
-    on a CPU); with one graph per batch size, only the guards that tell them apart run. Safe here: the
+    """Call `compiled` without re-checking Dynamo's guards on every parameter (a large share of a small step's
+    time on a CPU); with one graph per batch size, only the guards that tell them apart run. Safe here: the
     engine only ever passes the shapes and dtypes it compiled for."""
     def call(*args: object) -> object:
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
@@ -220,11 +223,11 @@ def _skipping_guards(compiled: Callable) -> Callable:
 
 
 def compile_step(fn: Callable, device: torch.device) -> Callable:
-    """`fn` (a decode step through GPT.forward, one token per stream) under torch.compile: static shapes, one
-    graph per batch size. CPU: Inductor's C++ wrapper calls the generated kernels from C++ (the 30M model's
-    step measured 1.7 ms instead of 3.1 ms eager here), and Welford variance in every LayerNorm at every batch
-    size: by default Inductor uses it for one row and a two-pass sum for more, which round differently, so a
-    seeded story changed when a second user joined (bench/batching.py: 3 of 16 the same, now 16 of 16; no
-    measured cost). CUDA: the default mode; CUDA graphs would need the cache at fixed addresses."""
+    """`fn` (a decode step through the model's modules, one token per stream) under torch.compile: static
+    shapes, one graph per batch size. CPU: Inductor's C++ wrapper calls the generated kernels from C++ (less
+    Python per step), and Welford variance in every LayerNorm at every batch size: by default Inductor uses it
+    for one row and a two-pass sum for more, which round differently, so a seeded story would change when a
+    second user joined (bench/batching.py checks it). CUDA: the default mode; CUDA graphs would need the cache
+    at fixed addresses."""
     options = {"cpp_wrapper": True, "cpp.use_two_step_variance_threshold": 0} if device.type == "cpu" else None
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)

@@ -1,16 +1,15 @@
-"""Our own CPU kernels (kernels_matmul.cpp, kernels_amx*.cpp, kernels_topk.cpp, kernels_attention.cpp): built on
-first use with the machine's C++ compiler against the installed torch's stable C ABI into one library, and loaded
-as torch ops (`torch.ops.tinygpt.int8_linear`, `.int4_linear`, their `_amx` twins, `.topk`, `.cache_attention`), which torch.compile calls like any
-other op. One build per machine, about 10 s, cached in the temporary directory under a name that hashes the
-sources, the flags and the torch version.
+"""Our own CPU kernels (kernels_*.cpp): int8 and int4 matmuls on 8-bit integer multiplies, top-k over a row of
+logits, and attention over an fp16 KV cache, loaded as torch ops (`torch.ops.tinygpt.*`) that torch.compile calls
+like any other op.
 
-They are for x86-64 CPUs with AVX2, where they beat PyTorch's weight-only kernels: 1.5-1.9x where bf16 is emulated
-(AVX2 alone); on a CPU with native bf16 and AVX-512 VNNI (AMD Zen 5), built for it, the 30M model's compiled
-int4 step took 0.66 ms against 1.11 ms with PyTorch's at batch 1, and 3.31 against 6.36 ms at 16; on an Intel Xeon
-with AMX, 0.99 against 1.67 ms at 1, 4.38 against 10.58 at 16, and 2.31 at 16 with its tiles (kernels_amx*.cpp,
-built where the CPU has them). Elsewhere (not Linux on x86-64 with AVX2,
-torch < 2.10, no compiler) `load()` returns False with the reason logged, and tinygpt.inference.quantize serves
-with PyTorch's own kernels instead.
+They are built with the machine's C++ compiler against the installed torch, the first time something asks for
+them (`load()`: serving a model in int8 or int4 on a CPU, or `python -m tinygpt.inference.kernels`), never at
+import. The library goes to the user's cache folder (`$XDG_CACHE_HOME/tinygpt/kernels`, else
+`~/.cache/tinygpt/kernels`), created private; a folder or library that another user owns or could have written
+is never loaded. Its name hashes the sources, the compiler flags and the torch installation it links against.
+Where they cannot run (not Linux on x86-64 with AVX2, torch < 2.10, no compiler), `load()` returns False with
+the reason logged and tinygpt.inference.quantize serves with PyTorch's kernels. bench/kernels.py measures each
+kernel against PyTorch's.
 """
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,25 +29,42 @@ from pathlib import Path
 
 import torch
 
+from tinygpt.device import cpu_flags
+
 log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk",
                                                                                "attention"))
 HEADERS = tuple(Path(__file__).with_name(f"kernels_{part}.h") for part in ("rows", "amx"))
-# every AVX2 CPU also has FMA and F16C
-FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
-# 8-bit dot products in one instruction, the same sums: AVX-512 VNNI (the int4 kernel in 512-bit registers), else
-# AVX-VNNI (Intel since Alder Lake)
-VNNI = (  # (what /proc/cpuinfo must list, the flags): the first match; AMX's tiles (kernels_amx.cpp) with it
-    (("amx_int8", "amx_tile", "avx512_vnni", "avx512vl", "avx512bw", "avx512dq"),
-     ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mamx-tile", "-mamx-int8")),
-    (("avx512_vnni", "avx512vl", "avx512bw", "avx512dq"),
-     ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")),
+FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")  # AVX2 CPUs have FMA, F16C
+AVX512_VNNI = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")
+# Builds with more instructions, best first: (the flags /proc/cpuinfo must list, the compiler flags). AMX's tiles
+# and AVX-512 VNNI (512-bit registers, one instruction for 8-bit dot products), else AVX-VNNI; plain AVX2 last.
+BUILDS = (
+    (("amx_int8", "amx_tile", "avx512f", "avx512_vnni", "avx512vl", "avx512bw", "avx512dq"),
+     AVX512_VNNI + ("-mamx-tile", "-mamx-int8")),
+    (("avx512f", "avx512_vnni", "avx512vl", "avx512bw", "avx512dq"), AVX512_VNNI),
     (("avx_vnni",), ("-mavxvnni",)),
 )
 
 
+class _Library:
+    """The one library a process loads (torch registers its ops once): the first `load()` decides."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # two threads loading models at once must not build or register twice
+        self.tried = False
+        self.path: Path | None = None
+
+
+_LIBRARY = _Library()
+
+
+class UnsafeCacheError(OSError):
+    """The kernel cache folder or a library in it could have been written by another user."""
+
+
 def unsupported() -> str | None:
-    """Why the kernels are not used here, or None if they are (a compiler is still needed: see `load`)."""
+    """Why the kernels cannot be used here, or None if they can (a compiler is still needed: see `load`)."""
     if not (sys.platform == "linux" and platform.machine().lower() in ("x86_64", "amd64")):
         return f"they are written for Linux on x86-64 (this is {sys.platform} on {platform.machine()})"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -57,26 +74,35 @@ def unsupported() -> str | None:
     return None
 
 
-_LOCK = threading.Lock()  # two threads loading models at once must not build or register twice
+def default_cache_dir() -> Path:
+    """Where built libraries are kept: $XDG_CACHE_HOME/tinygpt/kernels, else ~/.cache/tinygpt/kernels."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinygpt" / "kernels"
 
 
-def load() -> bool:
-    """Build (once per machine) and load the kernels; False, with the reason logged, where they cannot be."""
-    with _LOCK:
-        return _load() is not None
+def load(cache_dir: Path | None = None) -> bool:
+    """Build (once per machine and torch installation) and load the kernels; False, with the reason logged,
+    where they cannot be. The first call decides for the whole process."""
+    with _LIBRARY.lock:
+        if not _LIBRARY.tried:
+            _LIBRARY.tried = True
+            _LIBRARY.path = build_and_load(cache_dir or default_cache_dir())
+        return _LIBRARY.path is not None
+
+
+def loaded() -> bool:
+    """Whether an earlier `load()` in this process succeeded (asking never builds anything)."""
+    return _LIBRARY.path is not None
 
 
 @functools.cache
 def amx() -> bool:
     """Whether the loaded kernels multiply on AMX tiles (`torch.ops.tinygpt.int8_linear_amx`): built for a CPU
     with them, and the OS lets this process use them."""
-    library = _load() if load() else None
-    return library is not None and ctypes.CDLL(str(library)).tinygpt_amx_ready() == 1
+    return load() and ctypes.CDLL(str(_LIBRARY.path)).tinygpt_amx_ready() == 1
 
 
-@functools.cache
-def _load() -> Path | None:
-    """The loaded library's path, or None."""
+def build_and_load(cache_dir: Path) -> Path | None:
+    """Build (unless cached) and load the library into this process: its path, or None with the reason logged."""
     reason = unsupported()
     compiler = shutil.which("c++") or shutil.which("g++")
     if reason is None and compiler is None:
@@ -85,16 +111,14 @@ def _load() -> Path | None:
         log.info("tinygpt's CPU kernels are not used: %s; PyTorch's kernels serve instead", reason)
         return None
     try:
-        library = _build_for_this_cpu(compiler)
+        library = _build_for_this_cpu(compiler, cache_dir)
         torch.ops.load_library(str(library))
     except (OSError, subprocess.SubprocessError) as e:
-        log.warning("tinygpt's CPU kernels could not be built or loaded (%s); PyTorch's kernels serve "
-                    "instead", str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__)
+        log.warning("tinygpt's CPU kernels could not be built or loaded (%s); PyTorch's kernels serve instead",
+                    str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__)
         return None
-    torch.library.register_fake("tinygpt::int8_linear")(_output_like)
-    torch.library.register_fake("tinygpt::int8_linear_amx")(_output_like)
-    torch.library.register_fake("tinygpt::int4_linear")(_output_like)
-    torch.library.register_fake("tinygpt::int4_linear_amx")(_output_like)
+    for op in ("int8_linear", "int8_linear_amx", "int4_linear", "int4_linear_amx"):
+        torch.library.register_fake(f"tinygpt::{op}")(_output_like)
     torch.library.register_fake("tinygpt::topk")(_topk_like)
     torch.library.register_fake("tinygpt::cache_attention")(_attention_like)
     return library
@@ -128,50 +152,91 @@ def _output_like(x: torch.Tensor, *args: torch.Tensor | int | None) -> torch.Ten
     return x.new_empty(x.shape[0], args[-1])
 
 
-def vnni_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
-    """The compiler flags for this CPU's VNNI instructions (from /proc/cpuinfo), or () if it has none."""
-    return next(iter(_vnni_choices(cpuinfo)), ())
+def build_choices(cpuinfo: str | None = None) -> list[tuple[str, ...]]:
+    """The extra compiler flags of every build in BUILDS this CPU can run (from /proc/cpuinfo), best first."""
+    flags = cpu_flags(cpuinfo)
+    return [extra for needs, extra in BUILDS if flags.issuperset(needs)]
 
 
-def _vnni_choices(cpuinfo: str | None = None) -> list[tuple[str, ...]]:
-    """Every entry of VNNI this CPU has, best first."""
-    try:
-        words = set((Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo).split())
-    except OSError:
-        return []
-    return [flags for needs, flags in VNNI if words.issuperset(needs)]
-
-
-def _build_for_this_cpu(compiler: str) -> Path:
+def _build_for_this_cpu(compiler: str, cache_dir: Path) -> Path:
     """The library with the best of this CPU's instructions that the compiler takes, else plain AVX2."""
-    for extra in _vnni_choices():
+    for extra in build_choices():
         try:
-            return _build(compiler, FLAGS + extra)
+            return build(compiler, FLAGS + extra, cache_dir)
         except subprocess.SubprocessError as e:
             log.info("building with %s failed (%s); trying fewer instructions", " ".join(extra), e)
-    return _build(compiler, FLAGS)
+    return build(compiler, FLAGS, cache_dir)
 
 
-def _build(compiler: str, flags: tuple[str, ...]) -> Path:
-    """The shared library for this source, flags and torch: built into the cache unless it is there already.
-    Written under a temporary name and renamed into place, so a build cut short leaves nothing half-written."""
-    torch_dir = Path(torch.__file__).parent
+def library_path(compiler: str, flags: tuple[str, ...], cache_dir: Path) -> Path:
+    """Where the library for these sources, flags, compiler and torch installation is kept in `cache_dir`."""
     source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
-    key = hashlib.sha256(source + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / f"tinygpt-kernels-{os.getuid()}"
-    target = cache / f"kernels-{key}.so"
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), torch.__version__.encode(),
+                                     str(Path(torch.__file__).resolve().parent).encode(), compiler.encode()]))
+    return cache_dir / f"kernels-{key.hexdigest()[:16]}.so"
+
+
+def build(compiler: str, flags: tuple[str, ...], cache_dir: Path) -> Path:
+    """The shared library for these sources, flags and torch installation, built into `cache_dir` unless it is
+    there already. Written under a temporary name and renamed into place, so a build cut short leaves nothing
+    half-written. Raises UnsafeCacheError if the folder or the library could have been written by someone else."""
+    torch_dir = Path(torch.__file__).resolve().parent
+    target = library_path(compiler, flags, private_dir(cache_dir))
     if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{target.name}.{os.getpid()}"
-    cmd = [compiler, *flags, f"-I{torch_dir / 'include'}", *map(str, SOURCES), "-o", str(partial),
+        return check_private(target)
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=cache_dir)
+    os.close(fd)
+    cmd = [compiler, *flags, f"-I{torch_dir / 'include'}", *map(str, SOURCES), "-o", partial,
            f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}"]
-    log.info("building tinygpt's CPU kernels (once per machine, a few seconds)")
+    log.info("building tinygpt's CPU kernels into %s (once per machine, about 10 s)", cache_dir)
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+        os.replace(partial, target)
     except subprocess.CalledProcessError as e:
-        partial.unlink(missing_ok=True)
         errors = [line for line in e.stderr.splitlines() if "error" in line] or e.stderr.splitlines()[-1:]
         raise subprocess.SubprocessError(f"{compiler} failed: {errors[0][:300] if errors else e.returncode}") from e
-    os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
     return target
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created 0700 if missing; UnsafeCacheError unless it is a real folder of ours that no one else can
+    write (someone who could would choose the code `load` runs)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return check_private(path)
+
+
+def check_private(path: Path) -> Path:
+    """`path` if it is no symlink, is owned by this user and is not writable by group or others; else
+    UnsafeCacheError saying what to do."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif st.st_uid != os.getuid():
+        problem = f"is owned by another user (uid {st.st_uid}, you are {os.getuid()})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by others (mode {stat.filemode(st.st_mode)})"
+    else:
+        return path
+    raise UnsafeCacheError(f"{path} {problem}, so it is not loaded; remove it, or set XDG_CACHE_HOME to a "
+                           "folder of your own")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tinygpt.inference.kernels`: build the kernels now and say which instructions they use."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tinygpt.inference.kernels", description=main.__doc__)
+    p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not load():
+        return 1
+    choice = next(iter(build_choices()), ())
+    log.info("kernels ready: %s (%s%s)", _LIBRARY.path, " ".join(choice) or "AVX2",
+             ", AMX tiles in use" if amx() else "")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

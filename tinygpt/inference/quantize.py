@@ -1,16 +1,14 @@
 """Reduced-precision copies of a model for serving: bf16, int8, or int8 with an int4 output head.
 
-int8, where our kernel builds (x86-64 Linux with AVX2: tinygpt.inference.kernels): every Linear, the head
+int8, where our kernels build (x86-64 Linux with AVX2: tinygpt.inference.kernels): every Linear, the head
 included, keeps int8 weights with one fp32 scale per output channel, and each row of its input is quantized to
-int8 as it arrives, so the dot products run on integer multiplies; everything else stays fp32. Elsewhere
-int8 is weight-only: int8 weights, bf16 compute (`torch._weight_int8pack_mm`), the model in bf16.
-int4: the same blocks, and the head in 4 bits with a scale and an offset per group of weights: our kernel (groups
-of 64) where it builds, else `torch._weight_int4pack_mm_for_cpu` (groups of 32). Each is a plain module with a
-plain `forward`, which the rest of the code calls like any nn.Linear (and torch.compile traces like one); only this
-module knows their layout. With our kernels, decoding's attention over the KV cache runs in one too
-(KernelAttention, with an fp16 cache). The head is a copy of its own, untied from the embedding. Decoding one token
-reads every weight once, and the head is most of them: 77 MB in fp32, 19.3 MB in int8, 10.8 MB in our int4 with its
-scales. int4 is the CPU default for a full-vocabulary head (see default_precision).
+int8 as it arrives, so the dot products run on integer multiplies; everything else stays fp32. Elsewhere int8 is
+weight-only: int8 weights, bf16 compute (`torch._weight_int8pack_mm`), the model in bf16. int4: the same blocks,
+and the head in 4 bits with a scale and an offset per group of weights. Each layer is a plain module with a plain
+`forward` that the model calls like any nn.Linear (and torch.compile traces like one); only this module knows
+their layout. With our kernels, attention over the KV cache runs in one too (KernelAttention, over an fp16
+cache). The head becomes a copy of its own, untied from the embedding: decoding a token reads every weight once,
+and for a full-vocabulary model the head is most of them.
 """
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from torch import nn
 
 from tinygpt.inference import kernels
 from tinygpt.model.gpt import GPT, CachedAttention, GPTConfig
-from tinygpt.sharing.checkpoint import unwrap
+from tinygpt.model.checkpoint import int8_rows, unwrap
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -65,8 +63,7 @@ class Int8Linear(_KernelLinear):
         self.amx = (kernels.amx() if amx is None else amx) and linear.in_features % 64 == 0
         w = self._pad_rows(linear.weight, 16 if self.amx else 4)
         (rows, k), n = w.shape, self.out_features
-        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-        q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        q, scale = int8_rows(w)
         if self.amx:  # each tile of 16 rows, 4 columns at a time: the rows' 4 weights side by side (kernels_amx.cpp)
             packed = q.view(rows // 16, 16, k // 4, 4).transpose(1, 2)
         else:  # each block of 4 rows, 32 columns at a time, as one run of memory (kernels_matmul.cpp)
@@ -86,9 +83,8 @@ class WeightOnlyInt8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(dtype)  # rounded first: the codes match it
-        self.register_buffer("weight_int8", (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
+        q, scale = int8_rows(linear.weight, scale_dtype=dtype)
+        self.register_buffer("weight_int8", q)
         self.register_buffer("scales", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -125,8 +121,7 @@ class Int4Head(nn.Module):
 class Int4Linear(_KernelLinear):
     """y = x @ w.T with 4-bit weights, a scale and an offset per group of 64 (chosen as for Int4Head), and each
     row of x quantized to int8 on the fly: our kernel, `torch.ops.tinygpt.int4_linear`. Groups of 64, not
-    Int4Head's 32: one scale per 32-byte load halves the kernel's float work (the head's weight error grows from
-    7.1% to 7.9% on the 30M checkpoint)."""
+    Int4Head's 32: one scale per 32-byte load halves the kernel's float work, for slightly coarser weights."""
 
     WIDTH = 64  # a group: one byte per pair of codes, 32 apart
 
@@ -157,16 +152,20 @@ class Int4Linear(_KernelLinear):
 
 class KernelAttention(CachedAttention):
     """CachedAttention's math in our kernel (`torch.ops.tinygpt.cache_attention`), for fp32 queries: each query
-    over the slots up to its position, the heads of a row side by side, no mask built. Inductor's fused math
-    attention took 2.6 ms of the 30M model's 10 ms step at 16 streams (0.14 of 1.3 ms at one). The cache is
-    fp16: at 16 streams its reads come from memory, and fp16 halves them (and the cache: 75 MB, not 151, for
-    64 streams of the 30M model)."""
+    reads only the slots up to its position (the last one its mask allows), where the fused math backend reads
+    all of them. The cache it reads is fp16 (see `cache_dtype`): with many streams those reads come from memory,
+    and fp16 halves them."""
 
-    cache_dtype = torch.float16
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = mask[:, 0].sum(-1) - 1  # (B, T): the mask allows slots 0..position
         return kernels.cache_attention(q, k, v, positions)
+
+
+def cache_dtype(model: GPT) -> torch.dtype | None:
+    """The dtype a serving copy's KV cache is kept in: fp16 where our attention kernel reads it, else None
+    (the model's own)."""
+    blocks = model.transformer.h
+    return torch.float16 if len(blocks) and isinstance(blocks[0].attn.cached, KernelAttention) else None
 
 
 def quantize_int4(groups: torch.Tensor, shrinks: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
@@ -202,12 +201,9 @@ def int4_available(n_embd: int) -> bool:
 
 def default_precision(device: torch.device, config: GPTConfig | None = None) -> str:
     """On CPUs the fastest that keeps quality for this model: int4 (int8 blocks, an int4 head) for a head over the
-    whole vocabulary, int8 for a head over the data's tokens (`kept_tokens`). The 30M model's int4 head is 10.8 MB
-    instead of 19.3, so a step's weights fit this CPU's cache: 1.60 against 2.14 ms a token. The shipped model's
-    head (10,267 rows) is small either way: int4 was no faster (1.19 against 1.21 ms at batch 1, 4.39 against 4.95
-    at 16, 13.8 against 12.5 at 64) and cost +0.012 in val loss (95.0% top-1 agreement with fp32; int8: +0.0016,
-    98.7%). On CUDA the GPU's native 16-bit type (bf16 from compute capability 8.0, else fp16); fp32 elsewhere
-    (MPS). bench/generate.py measures them."""
+    whole vocabulary, whose weights then fit a CPU's cache far better; int8 for a small head over the data's
+    tokens (`kept_tokens`), where 4 bits were no faster and cost more loss. On CUDA the GPU's native 16-bit
+    type (bf16 from compute capability 8.0, else fp16); fp32 elsewhere (MPS). bench/generate.py measures them."""
     if device.type == "cuda":
         from tinygpt.device import cuda_half_dtype
 

@@ -4,6 +4,7 @@ They work on a batch of streams (B, vocab), each stream with its own settings an
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -61,8 +62,16 @@ def _check_number(name: str, value: object, low: float, high: float, integer: bo
         raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
 
 
+def resolve_seed(seed: int | None) -> int:
+    """The seed a story is drawn with: the one given, else a fresh one (shown, so the story can be had again)."""
+    return secrets.randbelow(2**31) if seed is None else seed
+
+
 TOP_K_MAX = int(SamplingParams.limits()["top_k"]["range"][1])  # the static size of the candidate list
 ALT_MAX = 20  # the most alternatives reported (SamplingParams.alternatives)
+# A step's result, one row per stream (`describe` packs it, `unpack_row` reads it): the token, its probability,
+# then ALT_MAX alternative ids and their probabilities.
+TOKEN, PROB, ALT_IDS, ALT_PROBS = 0, 1, slice(2, 2 + ALT_MAX), slice(2 + ALT_MAX, 2 + 2 * ALT_MAX)
 
 
 def settings_tensor(params: SamplingParams | list[SamplingParams], device: torch.device | str = "cpu"
@@ -100,14 +109,20 @@ def sample_candidates(values: torch.Tensor, settings: torch.Tensor, u: torch.Ten
 
 def describe(values: torch.Tensor, ids: torch.Tensor, j: torch.Tensor, lse: torch.Tensor, top_values: torch.Tensor,
              top_ids: torch.Tensor) -> torch.Tensor:
-    """Per stream, [token, its probability, ALT_MAX top ids, their probabilities] for candidate j (B,) of
-    `values`/`ids` (B, K) and the descending `top_values`/`top_ids`: one float64 tensor (B, D), so the caller
-    reads the device once per step. Probabilities are the model's own (temperature 1, before top-k/top-p).
-    Gathers, not ids[j]: indexing with a tensor reads it back to the host."""
+    """Per stream, the packed row (TOKEN, PROB, ALT_IDS, ALT_PROBS) for candidate j (B,) of `values`/`ids` (B, K)
+    and the descending `top_values`/`top_ids`: one float64 tensor (B, 2 + 2 * ALT_MAX), so the caller reads the
+    device once per step. Probabilities are the model's own (temperature 1, before top-k/top-p). Gathers, not
+    ids[j]: indexing with a tensor reads it back to the host."""
     lse, j = lse[:, None], j[:, None]
     parts = [ids.gather(1, j).double(), (values.gather(1, j) - lse).exp().double(),
              top_ids[:, :ALT_MAX].double(), (top_values[:, :ALT_MAX] - lse).exp().double()]
     return torch.cat(parts, dim=1)
+
+
+def unpack_row(row: list[float], n_alternatives: int) -> tuple[int, float, tuple[tuple[int, float], ...]]:
+    """One stream's packed row as (token id, its probability, the top `n_alternatives` as (id, probability))."""
+    alternatives = zip(map(int, row[ALT_IDS][:n_alternatives]), row[ALT_PROBS][:n_alternatives])
+    return int(row[TOKEN]), row[PROB], tuple(alternatives)
 
 
 def pick_top(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u: torch.Tensor

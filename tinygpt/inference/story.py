@@ -5,7 +5,6 @@ blocking) or a Batcher (many streams; `astream_story` for asyncio servers)."""
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import AsyncIterator, Iterable, Iterator
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.inference.batching import Batcher
 from tinygpt.inference.engine import Engine, SampledToken
-from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.model.gpt import GPT
 
 TOP_ALTERNATIVES = 5
@@ -96,7 +95,7 @@ class StoryBuilder:
 
     def __init__(self, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams, block_size: int) -> None:
         prompt = clean_prompt(prompt)
-        seed = secrets.randbelow(2**31) if params.seed is None else params.seed
+        seed = resolve_seed(params.seed)
         self.params = dataclasses.replace(params, seed=seed, alternatives=max(params.alternatives, TOP_ALTERNATIVES))
         self.ids, self.eot_id = tokenizer.encode(prompt), tokenizer.eot_id
         self.snapshot = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(self.ids), block_size))

@@ -6,17 +6,16 @@ token per stream (a decode step), through the same modules. The cache is passed 
 one model can serve many streams at once; it tracks each stream's position itself.
 
 Token ids are always GPT-2's 50,257. A model may keep embedding/output rows for only the ids its training data
-uses (`kept_tokens`, set by `train.py --data-vocab`): TinyStories uses about 10k of them, and at small widths
-the full head is most of the weights and of the compute. Every other id shares one extra row, and its
-probability is that row's split evenly over the ids that share it, so the model still gives every id a
-finite probability and the distribution over all 50,257 sums to one; losses stay full-vocabulary figures.
+uses (`kept_tokens`, set by `train.py --data-vocab`): at small widths the full head is most of the weights and
+of the compute. Every other id shares one extra row, and its probability is that row's split evenly over the
+ids that share it, so the distribution over all 50,257 ids still sums to one and losses stay full-vocabulary
+figures. What only serving needs (quantized layers, kernel attention, ranking the head's rows) is built from
+these modules in tinygpt.inference.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,15 +57,11 @@ class GPTConfig:
 
 class CachedAttention(nn.Module):
     """Decoding's attention: a few new queries (B, nh, T, hs) over a KV cache's keys and values (B, nh, max_len,
-    hs), each query to the slots `mask` allows (those up to its position). PyTorch's math backend: with a few
-    queries, plain matmuls (fused when compiled) beat flash attention. A serving copy may swap in a kernel that
-    computes the same from `positions` (tinygpt.inference.quantize), and store the cache in its own `cache_dtype`
-    (None: the model's)."""
+    hs), each query to the slots `mask` (B, 1, T, max_len) allows: those up to its own position. The math backend:
+    with a few queries, plain matmuls (fused when compiled) beat flash attention. A module of its own so that a
+    serving copy can compute the same in a kernel (tinygpt.inference.quantize.KernelAttention)."""
 
-    cache_dtype: torch.dtype | None = None
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -91,7 +86,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:  # decoding: attend to every cached slot the mask allows, this chunk's included
             k, v = cache.update(self.layer, positions, k, v)
-            y = self.cached(q, k, v, mask, positions)
+            y = self.cached(q, k, v, mask)
         else:
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
@@ -137,8 +132,6 @@ class GPT(nn.Module):
             row_of = torch.full((config.vocab_size,), config.kept_tokens, dtype=torch.int32)
             row_of[ids] = torch.arange(config.kept_tokens, dtype=torch.int32)
             self.register_buffer("row_of", row_of)  # saved with the weights
-            self._index_rows()
-            self.register_load_state_dict_post_hook(_reindex_rows)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.n_rows, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -177,44 +170,12 @@ class GPT(nn.Module):
         c = self.config
         return math.log(c.vocab_size - c.kept_tokens) if c.kept_tokens else 0.0
 
-    def _index_rows(self) -> None:
-        """Tables derived from row_of (not saved): each row's id (the shared row's: its first id) and, ascending,
-        the ids that share the last row."""
-        kept = self.row_of != self.config.kept_tokens
-        ids = torch.arange(len(self.row_of), device=self.row_of.device)
-        id_of_row = torch.empty(self.config.n_rows, dtype=torch.long, device=ids.device)
-        id_of_row[self.row_of[kept].long()] = ids[kept]
-        id_of_row[-1] = ids[~kept][0]
-        self.register_buffer("id_of_row", id_of_row, persistent=False)
-        self.register_buffer("shared_ids", ids[~kept], persistent=False)
-
     def vocab_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
         """(..., n_rows) head outputs -> (..., vocab_size) logits of a distribution over every token id."""
         if not self.config.kept_tokens:
             return row_logits
         shared = (self.row_of == self.config.kept_tokens).to(row_logits.dtype) * self.shared_row_cost()
         return row_logits.index_select(-1, self.row_of) - shared
-
-    def vocab_topk(self, row_logits: torch.Tensor, k: int, topk: Callable = torch.topk
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """vocab_logits(row_logits).topk(k) from head outputs (B, n_rows), without building (B, vocab_size):
-        the shared row stands for all of its (tied) ids at once. (values, ids), each (B, k), descending; tied
-        ids may come in another order. With kept tokens, a fifth of the vocabulary to rank. `topk`: a function
-        with torch.topk's answer (tinygpt.inference.kernels.topk on CPUs)."""
-        if not self.config.kept_tokens:
-            return tuple(topk(row_logits, k))
-        S, n_shared = self.config.kept_tokens, self.config.vocab_size - self.config.kept_tokens
-        rows = torch.cat([row_logits[:, :S], row_logits[:, S:] - self.shared_row_cost()], dim=1)
-        top_values, top_rows = topk(rows, min(k, S + 1))
-        K, device = top_values.size(1), rows.device
-        j = torch.where(top_rows == S, torch.arange(K, device=device), K).amin(1, keepdim=True)  # its rank
-        p = torch.arange(k, device=device)
-        shared = (p >= j) & (p < j + n_shared)  # (B, k): the places its ids take
-        src = torch.where(p < j, p, p - n_shared + 1).clamp(0, K - 1)  # the place of each other id's row
-        values = torch.where(shared, rows[:, S:], top_values.gather(1, src))
-        ids = torch.where(shared, self.shared_ids[(p - j).clamp(0, n_shared - 1)],
-                          self.id_of_row[top_rows.gather(1, src)])
-        return values, ids
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> the final hidden states (B, T, C) that the head reads. With a `cache` (from
@@ -236,14 +197,13 @@ class GPT(nn.Module):
             cache.advance(T)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                vocab: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab), None), or (None, mean cross-entropy) with targets.
 
         With targets the loss is computed in chunks (tinygpt.model.loss) and the (B, T, vocab) logits are never
         built: they are most of training's memory. Targets of -1 are ignored. With a `cache` (see `hidden`),
         only the last position's logits are computed (B, 1, vocab), which skips most of the costly output head.
-        `vocab=False` returns the head's rows (..., n_rows) as they are (see vocab_logits and vocab_topk).
         """
         x = self.hidden(idx, cache)  # (B, T, C)
         if cache is not None:
@@ -255,19 +215,10 @@ class GPT(nn.Module):
             kept = self.config.kept_tokens
             extra = (rows == kept).sum() * self.shared_row_cost() if kept else None
             return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head, rows, extra)
-        head = self.lm_head(x)  # (B, T, n_rows)
-        return (self.vocab_logits(head) if vocab else head), None  # (B, T, vocab)
+        return self.vocab_logits(self.lm_head(x)), None  # (B, T, n_rows) -> (B, T, vocab)
 
-    def new_cache(self, batch_size: int = 1) -> KVCache:
-        """A preallocated KV cache for `batch_size` streams, on the model's device, in its dtype or in the one its
-        attention asks for (CachedAttention.cache_dtype)."""
+    def new_cache(self, batch_size: int = 1, dtype: torch.dtype | None = None) -> KVCache:
+        """A preallocated KV cache for `batch_size` streams on the model's device, in `dtype` (default: the
+        model's)."""
         c, p = self.config, self.transformer.wpe.weight
-        dtype = self.transformer.h[0].attn.cached.cache_dtype if c.n_layer else None  # what reads the cache decides
-        head_dim = c.n_embd // c.n_head
-        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, head_dim, p.device, dtype or p.dtype)
-
-
-def _reindex_rows(model: GPT, incompatible_keys: object) -> None:
-    """After load_state_dict: the id tables follow the loaded row_of. A function, not a lambda, so that a model
-    can still be pickled (torch.save of the module, multiprocessing)."""
-    model._index_rows()
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, p.device, dtype or p.dtype)

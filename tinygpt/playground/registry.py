@@ -1,5 +1,6 @@
-"""The models a running playground offers: the one it serves (found again on a page reload when it was not
-chosen explicitly), the others the operator listed for side-by-side comparison, and why a model could not be
+"""The models a running playground offers, and the one place that decides which it serves: the operator's
+--checkpoint (or TINYGPT_CHECKPOINT) alone, else the first that loads of out/best, TINYGPT_HUB_REPO and the model
+that ships with the package. Also the models listed for side-by-side comparison, and why one could not be
 loaded, in words for the page. Visitors pick among these by label; they never name a path or a repo."""
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ from pathlib import Path
 from typing import Callable
 
 from tinygpt.inference.compute_thread import ComputeThread
-from tinygpt.playground.serving import (DEFAULT_CHECKPOINT, LoadedModel, ServeConfig, load_for_serving,
-                                        resolve_source)
-from tinygpt.sharing.checkpoint import CheckpointError
-from tinygpt.sharing.ship import SHIPPED_MODEL
+from tinygpt.model.checkpoint import SHIPPED_MODEL, CheckpointError
+from tinygpt.playground.serving import DEFAULT_CHECKPOINT, LoadedModel, ServeConfig, load_for_serving
 
 log = logging.getLogger(__name__)
+
+
+def candidates(config: ServeConfig, default_dir: str | Path = DEFAULT_CHECKPOINT) -> tuple[str, ...]:
+    """The models to try serving, in order (paths or repo ids): the first that loads is served. A model the
+    operator named explicitly is the only candidate: if it is broken, the app says so instead of serving another."""
+    if config.checkpoint:
+        return (config.checkpoint,)
+    found = [str(default_dir)] if (Path(default_dir) / "config.json").is_file() else []
+    found += [config.hub_repo] if config.hub_repo else []
+    found += [str(SHIPPED_MODEL)] if (SHIPPED_MODEL / "config.json").is_file() else []
+    return tuple(found)
 
 
 def label_of(source: str) -> str:
@@ -40,7 +50,9 @@ class ModelRegistry:
         self.problem_plain: str | None = None  # the same for a terminal
         self._lock = threading.Lock()
         self.compute = ComputeThread()  # every model's loading and decoding: one thread for torch's work
-        self._load_served()
+        for source in candidates(config, self.default_dir):
+            if self._add(source, first=True) is not None:
+                break
         for source in config.compare:
             self._add(source)
 
@@ -53,7 +65,8 @@ class ModelRegistry:
 
     def _add(self, source: str, first: bool = False) -> LoadedModel | None:
         """Offer `source`, first when `first`. Loaded once per label: each load starts a batching thread and
-        allocates its cache, so a model named twice (served and compared, say) is one model."""
+        allocates its cache, so a model named twice (served and compared, say) is one model. A model that cannot
+        be loaded is logged and, if it is the first problem, described for the page."""
         label = label_of(source)
         loaded = self.models.get(label)
         if loaded is None:
@@ -63,21 +76,14 @@ class ModelRegistry:
                                      max_queue=c.max_queue, compute=self.compute)
             except CheckpointError as e:
                 log.error("%s", e)
-                self.problem = problem_text(source, e)
-                self.problem_plain = f"{source}: could not load the model: {e}"
+                if self.problem is None:
+                    self.problem = problem_text(source, e)
+                    self.problem_plain = f"{source}: could not load the model: {e}"
                 return None
             self.models = {**self.models, label: loaded}
         if first:
             self.models = {label: loaded, **self.models}  # a repeated key keeps its first place
         return loaded
-
-    def _load_served(self) -> None:
-        source = resolve_source(self.config, self.default_dir)
-        if source is None or self._add(source, first=True) is not None:
-            return
-        fallback = str(SHIPPED_MODEL)  # a broken out/best or Hub repo: say so, and still serve something
-        if not self.config.checkpoint and source != fallback and (SHIPPED_MODEL / "config.json").is_file():
-            self._add(fallback, first=True)
 
     def refresh(self) -> bool:
         """Serve out/best if it appeared (or was fixed) since start-up; True when the served model changed."""

@@ -1,6 +1,7 @@
-"""Which model the playground serves, and loading it for inference: the first of the operator's --checkpoint
-(a directory or a Hub repo id), TINYGPT_CHECKPOINT, out/best, TINYGPT_HUB_REPO, then the model that ships
-with the repo. The entry point reads flags and the environment into `ServeConfig`; nothing here reads them."""
+"""Loading a model for the playground: a checkpoint directory or a Hub repo id, converted to its serving
+precision, with its engine and batcher, all on the server's compute thread. What the operator chose at start-up
+is a `ServeConfig` (app.py fills it from flags and the environment; nothing here reads them); which model is
+served is decided in tinygpt.playground.registry."""
 from __future__ import annotations
 
 import logging
@@ -15,9 +16,9 @@ from tinygpt.inference.batching import Batcher
 from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.quantize import for_serving, servable_precision
+from tinygpt.model.checkpoint import SHIPPED_MODEL, find_loss_curve
 from tinygpt.model.gpt import GPT
-from tinygpt.sharing.checkpoint import find_loss_curve, load_checkpoint
-from tinygpt.sharing.ship import SHIPPED_MODEL
+from tinygpt.sharing.hub import from_pretrained
 
 log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = "out/best"
@@ -71,17 +72,6 @@ class LoadedModel:
         return self.directory.resolve() == SHIPPED_MODEL
 
 
-def resolve_source(config: ServeConfig, default_dir: str | Path = DEFAULT_CHECKPOINT) -> str | None:
-    """The checkpoint to serve (a path or a repo id), or None when there is none to be had."""
-    if config.checkpoint:
-        return config.checkpoint
-    if (Path(default_dir) / "config.json").is_file():
-        return str(default_dir)
-    if config.hub_repo:
-        return config.hub_repo
-    return str(SHIPPED_MODEL) if (SHIPPED_MODEL / "config.json").is_file() else None
-
-
 def batch_sizes(concurrency: int) -> tuple[int, ...]:
     """The batch sizes a step is compiled for: powers of two up to `concurrency` (a batch is padded to the
     next, so at most half of a step is padding), and `concurrency` itself."""
@@ -104,7 +94,7 @@ def load_for_serving(source: str, device: torch.device | None = None, precision:
 def _load(source: str, device: torch.device | None, precision: str | None, compile: bool, concurrency: int,
           max_queue: int, compute: ComputeThread) -> LoadedModel:
     device = device or pick_device()
-    model, info = load_checkpoint(source, device)
+    model, info = from_pretrained(source, device)
     precision, why = servable_precision(precision, device, model.config)
     if why:
         log.warning("%s", why)

@@ -4,27 +4,24 @@ streams two stories at once from one prompt and seed, with two sets of settings 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import AsyncIterator
 
 import gradio as gr
 
 from tinygpt.inference.batching import QueueFull
-from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot, astream_story
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
-from tinygpt.playground.views import alternatives_table, model_card, request_params, stats_line, token_view
+from tinygpt.playground.views import (alternatives_table, model_card, request_params, request_seed, stats_line,
+                                      token_view)
 
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
             "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
             "Ben had a red ball. He"]
-# still looks live; more often takes CPU from the model (bench/serve.py N=1, of the engine: 30 a second 0.69,
-# 15 0.76; with the faster int4 engine, back to back, 15 0.66-0.68 and 10 0.74-0.76)
-UPDATE_INTERVAL_S = 1 / 10
-# page updates a second over all stories: each takes Gradio's event loop CPU the model needs (16 stories, three
-# alternating pairs, bench/serve's client: 60 gave 2,154-2,752 tok/s in all, 120 gave 1,985-2,103)
-UPDATES_PER_S = 60
+# Page updates: each takes CPU on Gradio's event loop that the model needs (bench/serve.py measures the cost).
+UPDATE_INTERVAL_S = 1 / 10  # at most 10 a second per story still looks live
+UPDATES_PER_S = 60  # about this many a second over all stories: with many, each page updates less often
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
@@ -97,7 +94,10 @@ def make_compare(registry: ModelRegistry):
     async def compare(prompt: str, seed: float | None, max_new_tokens: int, model_a: str, temperature_a: float,
                       top_k_a: int, top_p_a: float, model_b: str, temperature_b: float, top_k_b: int,
                       top_p_b: float) -> AsyncIterator[tuple]:
-        seed = secrets.randbelow(2**31) if seed is None or seed == -1 else seed  # one seed for both sides
+        try:
+            seed = resolve_seed(request_seed(seed))  # one seed for both sides
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
         sides = []
         for label, t, k, p in ((model_a, temperature_a, top_k_a, top_p_a), (model_b, temperature_b, top_k_b, top_p_b)):
             params = checked_params(t, k, p, max_new_tokens, seed)

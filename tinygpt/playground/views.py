@@ -70,15 +70,19 @@ def alternatives_table(view: tuple, i: int) -> str:
             "| picked | token | probability |\n|---|---|---|\n" + "\n".join(rows))
 
 
+def request_seed(seed: object) -> int | None:
+    """The page's (or the API's) seed: None for random (empty or -1; the one drawn is shown), else an integer
+    >= 0; ValueError otherwise."""
+    if seed is None or seed == -1:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed) or seed < 0 \
+            or seed != int(seed):
+        raise ValueError(f"seed must be -1 (random) or an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
 def request_params(temperature: object, top_k: object, top_p: object, max_new_tokens: object,
                    seed: object) -> SamplingParams:
     """The page's (or the API's) raw values as SamplingParams; ValueError naming the first bad one."""
-    if seed is None or seed == -1:
-        seed = None  # random, and the one drawn is shown
-    elif isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed) or seed < 0 \
-            or seed != int(seed):
-        raise ValueError(f"seed must be -1 (random) or an integer >= 0, got {seed!r}")
-    else:
-        seed = int(seed)
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=seed)
+                          seed=request_seed(seed))

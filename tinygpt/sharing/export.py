@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.fileio import atomic_dir
 from tinygpt.model.gpt import GPT
-from tinygpt.sharing.checkpoint import model_state, unwrap
+from tinygpt.model.checkpoint import model_state, unwrap
 
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -28,7 +29,7 @@ def hf_config(model: GPT) -> dict:
         "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
         "n_head": c.n_head, "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": c.dropout,
         "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "layer_norm_epsilon": 1e-5,
-        "initializer_range": 0.02, "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+        "initializer_range": 0.02, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "tie_word_embeddings": True,
         "scale_attn_weights": True, "use_cache": True, "torch_dtype": "float32",
     }
 
@@ -56,23 +57,23 @@ def export_transformers(model: torch.nn.Module, directory: str | os.PathLike) ->
         save_file(hf_state_dict(gpt), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(gpt), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": 50256, "eos_token_id": 50256, "pad_token_id": 50256}, indent=2) + "\n")
+            {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID}, indent=2) + "\n")
     return Path(directory)
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tinygpt.sharing.checkpoint import load_checkpoint
+    from tinygpt.sharing.hub import from_pretrained
 
     p = argparse.ArgumentParser(prog="python -m tinygpt.sharing.export", description=__doc__)
-    p.add_argument("checkpoint", help="a TinyGPT checkpoint directory (e.g. out/best)")
+    p.add_argument("checkpoint", help="a TinyGPT checkpoint directory (e.g. out/best) or Hub repo id USER/NAME")
     p.add_argument("out", help="folder to write the transformers model into")
     args = p.parse_args(argv)
-    model, _ = load_checkpoint(args.checkpoint)
     try:
+        model, _ = from_pretrained(args.checkpoint)
         export_transformers(model, args.out)
-    except ValueError as e:
+    except ValueError as e:  # CheckpointError is one
         p.exit(2, f"{p.prog}: error: {e}\n")
     return 0
 

@@ -1,4 +1,5 @@
-"""The Hugging Face Hub: download a checkpoint by repo id (cached, so later starts work offline).
+"""The Hugging Face Hub: load a checkpoint by repo id (downloaded once, then cached, so later starts work
+offline), push a model with its card, deploy the playground as a Space.
 
 `python -m tinygpt.sharing.hub --help` lists the commands for sharing models and Spaces.
 """
@@ -12,7 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tinygpt.sharing.checkpoint import CONFIG, WEIGHTS, CheckpointError, find_loss_curve
+import torch
+
+from tinygpt.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, find_loss_curve, load_checkpoint
+from tinygpt.model.gpt import GPT
 
 log = logging.getLogger(__name__)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -26,6 +30,20 @@ class HubError(RuntimeError):
 def is_repo_id(text: str) -> bool:
     """'user/name' that is not an existing local path."""
     return bool(REPO_ID.match(text)) and not Path(text).exists()
+
+
+def resolve(source: str | Path) -> Path:
+    """A local checkpoint directory as it is; a Hub repo id (USER/NAME that is no local path) downloaded."""
+    if Path(source).exists():
+        return Path(source)
+    if not is_repo_id(str(source)):
+        raise CheckpointError(f"{source}: no such checkpoint directory, and not a Hub repo id (USER/NAME)")
+    return download_checkpoint(str(source))
+
+
+def from_pretrained(source: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, dict]:
+    """load_checkpoint for a local directory or a Hub repo id (USER/NAME), downloaded and cached first."""
+    return load_checkpoint(resolve(source), device)
 
 
 def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tinygpt.sharing.checkpoint import load_checkpoint
+from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import generate
+from tinygpt.model.checkpoint import load_checkpoint
 
 TAGS = ["tinygpt", "gpt2", "text-generation", "tinystories", "pytorch", "safetensors"]
 
@@ -40,10 +43,9 @@ A {params:.1f}M-parameter GPT-2-style language model trained from scratch on
 With this package (`pip install -r requirements.txt` in the TinyGPT repository):
 
 ```python
-from tinygpt import Tokenizer, generate
-from tinygpt.playground.serving import load_for_serving
-loaded = load_for_serving("{repo_id}")          # downloads once, then works offline from the cache
-for t in generate(loaded.model, Tokenizer(), "Once upon a time", max_new_tokens=120, temperature=0.8, top_k=50):
+from tinygpt import Tokenizer, from_pretrained, generate
+model, _ = from_pretrained("{repo_id}")          # downloads once, then works offline from the cache
+for t in generate(model, Tokenizer(), "Once upon a time", max_new_tokens=120, temperature=0.8, top_k=50):
     print(t.text, end="")
 ```
 
@@ -57,7 +59,7 @@ TRANSFORMERS = """With transformers: export it to a `GPT2LMHeadModel` folder, th
 the same ids):
 
 ```bash
-python -m tinygpt.sharing.export $(python -c "from tinygpt.sharing.hub import download_checkpoint as d; print(d('{repo_id}'))") tinygpt-hf
+python -m tinygpt.sharing.export {repo_id} tinygpt-hf
 ```
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,10 +71,6 @@ NO_TRANSFORMERS = ("This model gives its own rows to only the {kept:,} token ids
 
 
 def sample_story(model, seed: int = 0) -> str:
-    from tinygpt.inference.sampling import SamplingParams
-    from tinygpt.inference.story import generate
-    from tinygpt.data.tokenizer import Tokenizer
-
     prompt = "Once upon a time"
     tokens = generate(model, Tokenizer(), prompt, SamplingParams(max_new_tokens=80, seed=seed))
     return (prompt + "".join(t.text for t in tokens)).replace("\n", " ").strip()

@@ -15,11 +15,11 @@ from pathlib import Path
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.sources import DataError
 from tinygpt.fileio import atomic_dir
-from tinygpt.sharing.checkpoint import CONFIG, CheckpointError, WEIGHTS, find_loss_curve, load_checkpoint, write_checkpoint
+from tinygpt.model.checkpoint import (CONFIG, SHIPPED_MODEL, WEIGHTS, CheckpointError, find_loss_curve,
+                                      load_checkpoint, write_checkpoint)
 from tinygpt.training.evaluate import loss_over_all
 
 log = logging.getLogger(__name__)
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "story-model"
 MAX_BYTES = 10_000_000
 
 

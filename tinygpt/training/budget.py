@@ -6,6 +6,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -34,16 +35,21 @@ class TimeBudget:
     """
 
     seconds: float
-    start: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic
+    start: float | None = None  # default: the clock now
     eval_seconds: float = 0.0  # the last evaluation + checkpoint, measured
     final_seconds: float = 0.0  # the closing full evaluation + checkpoint, estimated from eval_seconds
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            self.start = self.clock()
 
     @property
     def deadline(self) -> float:
         return self.start + self.seconds
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - self.clock()
 
     def steps_that_fit(self, step_seconds: float, eval_every: int) -> int:
         """How many more optimizer steps end the run on time, leaving room for the evaluations among them
@@ -51,3 +57,13 @@ class TimeBudget:
         room = self.left() - self.final_seconds
         per_step = step_seconds + self.eval_seconds / eval_every
         return max(0, math.floor(room / per_step)) if per_step > 0 else 0
+
+    def plan(self, step: int, step_seconds: float, eval_every: int, eval_tokens: int, step_tokens: int,
+             final_tokens: int) -> int:
+        """The last step of a run that ends on time, from step `step` at `step_seconds` a step. Before the first
+        evaluation is measured it is estimated (a forward pass is about a third of a training step); the final
+        evaluation scores `final_tokens` more than an ordinary one's `eval_tokens`."""
+        if not self.eval_seconds:
+            self.eval_seconds = step_seconds * eval_tokens / (3 * step_tokens)
+        self.final_seconds = self.eval_seconds * (1 + final_tokens / eval_tokens)
+        return step + self.steps_that_fit(step_seconds, eval_every)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,24 @@ def from_main(value: int, info: DistInfo, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.long, device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+class RankFailed(RuntimeError):
+    """Rank 0 failed at work the others waited for; its own error is in its output."""
+
+
+def run_on_main(work: Callable[[], T], info: DistInfo, device: torch.device, what: str = "") -> T | None:
+    """`work()` on rank 0 only, then every rank learns whether it failed: on a failure (a full disk while saving,
+    say) all stop now, instead of the others waiting in their next collective until a timeout. Rank 0 raises its
+    own exception; the others RankFailed. Returns rank 0's result there, None elsewhere."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = work()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others are told
+            error = e
+    if any_across(error is not None, info, device):
+        if error is not None:
+            raise error
+        raise RankFailed(f"rank 0 failed {what} (its error is above); this rank stops too")
+    return result

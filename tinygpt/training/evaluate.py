@@ -1,5 +1,6 @@
-"""Validation loss over every token of a token file, each scored once: the figure that training runs, the CPU
-recipe candidates and the shipped model are compared by (`python -m tinygpt.training.evaluate CKPT val.bin`)."""
+"""Evaluating a model in training: the loss on fixed train and validation batches, the loss over every token of
+a token file (each scored once: the figure runs and the shipped model are compared by;
+`python -m tinygpt.training.evaluate CKPT val.bin`), and a sample story."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,47 @@ import contextlib
 import torch
 
 from tinygpt.data.dataloader import TokenDataset
+from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import generate
+from tinygpt.model.gpt import GPT
+
+
+class Evaluator:
+    """What a run measures at each evaluation, on the same fixed batches every time."""
+
+    def __init__(self, model: GPT, data: dict[str, TokenDataset], iters: int, batch_size: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.val_data, self.batch_size, self.dtype = model, data["val"], batch_size, dtype
+        self.batches = {name: d.fixed_batches(iters, batch_size, device) for name, d in data.items()}
+
+    def autocast(self):
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    @torch.no_grad()
+    def losses(self) -> dict[str, float]:
+        """Mean loss on each set of fixed batches ('train', 'val')."""
+        self.model.eval()
+        out = {}
+        for name, batches in self.batches.items():
+            with self.autocast():
+                out[name] = float(torch.stack([self.model(x, y)[1].float() for x, y in batches]).mean())
+        self.model.train()
+        return out
+
+    def all_val(self) -> float:
+        """Mean loss over every token of the validation set: the figure to compare runs by."""
+        return loss_over_all(self.model, self.val_data, self.batch_size, self.dtype)
+
+    def sample(self, prompt: str, tokens: int, seed: int) -> str:
+        """A story at the playground's default settings ('' for tokens=0)."""
+        if tokens <= 0:
+            return ""
+        params = SamplingParams(max_new_tokens=tokens, seed=seed)
+        text = prompt + "".join(t.text for t in generate(self.model.eval(), Tokenizer(), prompt, params))
+        self.model.train()
+        return text
 
 
 @torch.no_grad()
@@ -33,11 +75,11 @@ def loss_over_all(model: torch.nn.Module, data: TokenDataset, batch_size: int = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tinygpt.sharing.checkpoint import CheckpointError, load_checkpoint
+    from tinygpt.model.checkpoint import CheckpointError, load_checkpoint
     from tinygpt.data.sources import DataError
 
     p = argparse.ArgumentParser(prog="python -m tinygpt.training.evaluate", description=__doc__)
-    p.add_argument("checkpoint", help="checkpoint directory (or Hub repo id)")
+    p.add_argument("checkpoint", help="checkpoint directory, e.g. out/best")
     p.add_argument("tokens", help="a .bin token file from prepare_data.py, e.g. data/tinystories/val.bin")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)

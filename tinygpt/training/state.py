@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinygpt.fileio import atomic_dir
-from tinygpt.sharing.checkpoint import CheckpointError, write_checkpoint
+from tinygpt.model.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+from tinygpt.model.gpt import GPT
 from tinygpt.training.optim import optimizer_from_flat, optimizer_to_flat
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -52,3 +53,11 @@ def load_training_state(directory: str | os.PathLike, optimizer: torch.optim.Opt
     if scaler is not None and rest.get("scaler"):
         scaler.load_state_dict(rest["scaler"])
     return rest["progress"]
+
+
+def load_resumable(last: Path, device: torch.device) -> tuple[GPT, dict]:
+    """The model in `last` (out_dir/last), or a CheckpointError saying there is nothing to resume."""
+    if not (last / "config.json").is_file():
+        raise CheckpointError(f"nothing to resume: {last} holds no checkpoint (a run saves one at each "
+                              f"evaluation); start without --resume, or point --out-dir at a run's folder")
+    return load_checkpoint(last, device)

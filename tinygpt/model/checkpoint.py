@@ -1,7 +1,8 @@
-"""Checkpoints: a directory with `model.safetensors` (weights) and `config.json` (model config + metadata).
+"""Checkpoints on disk: a directory with `model.safetensors` (weights) and `config.json` (model config + metadata).
 
-Nothing is pickled, so loading a checkpoint from anywhere cannot run code. Writes are atomic: a
-checkpoint is built in a temporary directory and renamed into place, so a crash never leaves half of one.
+Nothing is pickled, so loading a checkpoint from anywhere cannot run code. Writes are atomic: a checkpoint is
+built in a temporary directory and renamed into place, so a crash never leaves half of one. Local directories
+only; a Hub repo id is resolved above this layer (tinygpt.sharing.hub.from_pretrained).
 """
 from __future__ import annotations
 
@@ -23,10 +24,20 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "tinygpt-v1"
 TIED = "lm_head.weight"  # shares storage with transformer.wte.weight; stored once
 INT8_SCALE = ".int8_scale"  # suffix of the per-row scales of a matrix stored in int8
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "story-model"  # the model in the package
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or does not fit its config."""
+
+
+def int8_rows(w: torch.Tensor, scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A matrix (n, k) as int8 codes and one scale per row, w ~ codes * scale[:, None]: symmetric, 127 levels
+    each side. The scale is rounded to `scale_dtype` before the codes are chosen, so they match the scale a
+    kernel multiplies by. The one rule for int8 rows: storage, and every int8 serving layer."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(scale_dtype)
+    return (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
 def unwrap(model: torch.nn.Module) -> GPT:
@@ -47,9 +58,7 @@ def int8_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in state.items():
         if t.is_floating_point() and t.dim() == 2:
-            scale = t.float().abs().amax(dim=1).clamp(min=1e-12) / 127
-            out[name] = (t.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-            out[name + INT8_SCALE] = scale
+            out[name], out[name + INT8_SCALE] = int8_rows(t)
         else:
             out[name] = t
     return out
@@ -118,17 +127,13 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[GPT, dict]:
     """Build the model a checkpoint describes and load its weights; return (model in eval mode, info).
 
-    `directory`: a checkpoint directory, or a Hugging Face Hub repo id (USER/NAME) that is not a local path,
-    downloaded (and cached) first, as `from_pretrained` does. `info` is config.json's content: 'model',
-    'metadata', 'tokenizer', 'num_params', and 'directory' (where the files are).
+    `directory`: a checkpoint directory (for a Hub repo id, see tinygpt.from_pretrained). `info` is
+    config.json's content: 'model', 'metadata', 'tokenizer', 'num_params', and 'directory' (where the files are).
     """
     directory = Path(directory)
-    if not directory.exists():
-        from tinygpt.sharing.hub import download_checkpoint, is_repo_id  # huggingface_hub only when needed
-
-        if not is_repo_id(str(directory)):
-            raise CheckpointError(f"{directory}: no such checkpoint directory, and not a Hub repo id (USER/NAME)")
-        directory = download_checkpoint(str(directory))
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory (for a Hugging Face Hub repo id, use "
+                              "tinygpt.from_pretrained)")
     info = read_config(directory)
     config = info.pop("model_config")
     path = directory / WEIGHTS
