@@ -63,7 +63,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def load_demo(config: ServeConfig):
     # Gradio recomputes its monitoring summary (a pandas DataFrame of up to 10,000 past events) after every
-    # event: 4-10 ms of CPU each, taken from the model at the end of every story. Its dashboard can lag 100.
+    # event, CPU taken from the model at the end of every story; its dashboard can lag 100 events.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
     registry = ModelRegistry(config)
     return build_demo(registry), registry

@@ -95,7 +95,7 @@ def set_malloc_thresholds(small_model: bool) -> bool:
     heap and keep freed memory (2 GB mmap and trim thresholds) instead of returning it and page-faulting it in
     again, which is faster. Large models: a fixed 128 KiB mmap threshold, so big buffers always go back to the
     OS; glibc's default raises the threshold as buffers are freed, and the heap then grows by fragments. Either
-    call also turns off glibc's dynamic threshold. bench/train.py measures both. Returns whether it was applied.
+    call also turns off glibc's dynamic threshold. Returns whether the setting was applied.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -3,10 +3,9 @@ Batcher's steps, in turn.
 
 Why one: on a CPU each thread that runs parallel torch ops keeps its own OpenMP team, and once the teams hold
 more threads than there are cores, OpenMP (libgomp) stops spinning between parallel regions, so each region of a
-step waits for sleeping workers to wake. On 2 cores, the 30M model's compiled int4 step took 1.3 ms on the thread
-that had loaded the model and 4.3 ms on a second one (eager: 3.3 against 6.1 ms), and a lone visitor of the app,
-whose batching thread was that second thread, saw 0.24 of the engine's tokens/s. The price: a model loaded while
-stories run (out/best appearing after start-up) pauses them until it is loaded and compiled, seconds, once.
+step waits for sleeping workers to wake: a step on a second thread runs several times slower than on the thread
+that loaded the model. The price: a model loaded while stories run (out/best appearing after start-up) pauses
+them until it is loaded and compiled, seconds, once.
 """
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ class Engine:
         # ranking the logits: our kernel where a serving copy has loaded them (this never builds them)
         rank = kernels.topk if self.device.type == "cpu" and kernels.loaded() else torch.topk
         self._topk = VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), rank)
-        self._logits, self._eager_pick = _eager_decode(model), _eager_decode_pick(model, self._topk)
+        self._logits, self._eager_pick = _eager_decode(model), decode_and_sample(model, self._topk)
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> compiled decode-and-sample
         self.compiled = compile and self._try_compile()
 
@@ -101,7 +101,7 @@ class Engine:
         """Compile the decode step for each batch size; on any failure (no C++ compiler, say) decode eagerly."""
         t0 = time.perf_counter()
         try:
-            step = compile_step(_eager_decode_pick(self.model, self._topk), self.device)
+            step = compile_step(decode_and_sample(self.model, self._topk), self.device)
             with torch.no_grad():
                 for B in self.batch_sizes:  # traced now: a stream never waits on the compiler
                     step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.new_cache(B),
@@ -202,7 +202,7 @@ def _eager_decode(model: GPT) -> Callable[[torch.Tensor, KVCache], tuple[torch.T
     return decode
 
 
-def _eager_decode_pick(model: GPT, topk: VocabTopK) -> Callable[..., torch.Tensor]:
+def decode_and_sample(model: GPT, topk: VocabTopK) -> Callable[..., torch.Tensor]:
     """The decode step with greedy or top-k sampling. It ranks the head's rows (VocabTopK): for a model with
     kept tokens, a fifth of the vocabulary, with the same candidates and draws as ranking all 50,257 logits."""
     def decode_pick(idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

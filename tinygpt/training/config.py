@@ -73,7 +73,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
-    # The best validation loss after an hour on a 2-core CPU, found by measurement (README: "The CPU recipe").
+    # The best validation loss after an hour on a 2-core CPU, found by bench/cpu_recipe.py (bench/RESULTS.md).
     "cpu": (
         GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=256, dropout=0.0),
         TrainConfig(time_budget="60m", eval_interval=250, eval_iters=10, batch_size=32, tokens_per_step=8192,
