@@ -3,7 +3,7 @@
     python bench/kernels.py [--checkpoint tinygpt/assets/story-model] [--batch 1 16 64] [--precision int4]
 
 One serving copy of the model (the checkpoint, else random reference-size weights), its decode step compiled
-as the engine compiles it, timed at each batch size (best of --reps rounds of --steps steps). Then the same with
+as the engine compiles it, timed at each batch size and one cache position (best of --reps interleaved rounds of --steps steps). Then the same with
 one kernel swapped for PyTorch's at a time: the int8/int4 matmuls (PyTorch's weight-only kernels, bf16
 compute), the top-k (torch.topk) and the attention over the cache (PyTorch's fused math attention, fp32 cache).
 Prints milliseconds per step and, for each kernel, PyTorch's time over ours (above 1: the kernel gains).
@@ -30,25 +30,33 @@ from tinygpt.model.gpt import CachedAttention  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def step_ms(model, topk, batch: int, steps: int, reps: int) -> float:
-    """Milliseconds per compiled decode step at `batch` streams (best round)."""
+def timer(model, topk, batch: int, position: int):
+    """A function that runs one compiled decode step at `batch` streams, each at `position`, and returns seconds."""
     step = compile_step(decode_and_sample(model, VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), topk)),
                         torch.device("cpu"))
     cache = model.new_cache(batch, cache_dtype(model))
     args = (torch.zeros(batch, 1, dtype=torch.long), cache, settings_tensor([SamplingParams()] * batch),
             torch.rand(batch))
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(3):
-            step(*args)
-            cache.reset(0)
-        for _ in range(reps):
+
+    def run(steps: int) -> float:
+        with torch.no_grad():
             t0 = time.perf_counter()
             for _ in range(steps):
+                cache.reset(position)  # every step at the same position: the same work each time
                 step(*args)
-                cache.reset(0)  # every step at position 1: the same work each time
-            best = min(best, (time.perf_counter() - t0) / steps)
-    return best * 1e3
+            return time.perf_counter() - t0
+    run(3)  # compile and warm up
+    return run
+
+
+def time_all(rows, batch: int, position: int, steps: int, reps: int) -> dict[str, float]:
+    """Best milliseconds per step of each variant, their rounds interleaved so drift hits all alike."""
+    runs = {name: timer(m, topk, batch, position) for name, m, topk in rows}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(reps):
+        for name, run in runs.items():
+            best[name] = min(best[name], run(steps) / steps * 1e3)
+    return best
 
 
 def variants(model, precision):
@@ -68,6 +76,7 @@ def main() -> int:
     p.add_argument("--checkpoint", help="checkpoint directory (default: random reference-size weights)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--precision", help="int8 or int4 (default: the CPU default for the model)")
+    p.add_argument("--position", type=int, default=64, help="cache position of every step (default: mid-story)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--reps", type=int, default=5)
     args = p.parse_args()
@@ -79,8 +88,9 @@ def main() -> int:
     precision = args.precision or default_precision(torch.device("cpu"), model.config)
     rows = variants(model, precision)
     torch._dynamo.config.recompile_limit = 64  # one graph per variant and batch size, all of one function
-    print(f"{args.checkpoint or 'random 30M weights'}, {precision}, compiled decode step, ms per step")
-    times = {(name, B): step_ms(m, topk, B, args.steps, args.reps) for B in args.batch for name, m, topk in rows}
+    print(f"{args.checkpoint or 'random 30M weights'}, {precision}, compiled decode step at position {args.position}, ms per step")
+    times = {(name, B): ms for B in args.batch
+             for name, ms in time_all(rows, B, args.position, args.steps, args.reps).items()}
     print("batch | " + " | ".join(name for name, _, _ in rows) + " | gain: matmuls | top-k | attention")
     for B in args.batch:
         ours = times[("ours", B)]
