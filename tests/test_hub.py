@@ -68,13 +68,14 @@ def test_bad_repo_id_is_refused(run_dir):
 
 def test_deploy_space_uploads_exactly_what_a_space_needs():
     files = set(deploy_space("alice/playground", "alice/tiny", root=ROOT, dry_run=True))
-    needed = {"app.py", "requirements.txt", "README.md", "tinygpt/__init__.py", "tinygpt/assets/gpt2.tiktoken",
+    needed = {"app.py", "requirements.txt", "README.md", "docs/playground.png", "tinygpt/__init__.py", "tinygpt/assets/gpt2.tiktoken",
               "tinygpt/inference/engine.py", "tinygpt/playground/ui.py", "tinygpt/model/gpt.py",
               "tinygpt/assets/story-model/model.safetensors", "tinygpt/assets/story-model/config.json"}
     assert needed <= files, needed - files
     unwanted = ("tests/", "bench/", ".ci/", "data/", "out/", ".venv/", "train.py", "prepare_data.py")
     assert not [f for f in files if f.startswith(unwanted) or "__pycache__" in f or f.endswith(".pyc")]
-    assert all(f.startswith("tinygpt/") for f in files - {"app.py", "requirements.txt", "README.md"})
+    assert all(f.startswith("tinygpt/") for f in files - {"app.py", "requirements.txt", "README.md",
+                                                           "docs/playground.png"})
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import. The library goes to the user's cache folder (`$XDG_CACHE_HOME/tinygpt/ke
 `~/.cache/tinygpt/kernels`), created private; a folder or library that another user owns or could have written
 is never loaded. Its name hashes the sources, the compiler flags and the torch installation it links against.
 Where they cannot run (not Linux on x86-64 with AVX2, torch < 2.10, no compiler), `load()` returns False with
-the reason logged and tinygpt.inference.quantize serves with PyTorch's kernels. bench/kernels.py measures each
+the reason logged and tinygpt.inference.quantize serves with PyTorch's kernels. bench/cpu_kernels.py measures each
 kernel against PyTorch's.
 """
 from __future__ import annotations

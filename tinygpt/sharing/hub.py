@@ -115,8 +115,9 @@ def push(checkpoint: str | Path, repo_id: str, private: bool = False, dry_run: b
 
 
 def space_files(root: Path) -> list[str]:
-    """Exactly what a Space needs: app.py, the package, requirements.txt and README.md (its config)."""
-    files = ["app.py", "requirements.txt", "README.md"]
+    """Exactly what a Space needs: app.py, the package, requirements.txt, README.md (its config) and the
+    picture the README shows."""
+    files = ["app.py", "requirements.txt", "README.md", "docs/playground.png"]
     files += sorted(str(p.relative_to(root)) for p in (root / "tinygpt").rglob("*")
                     if p.is_file() and "__pycache__" not in p.parts)
     return files

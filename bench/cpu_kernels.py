@@ -1,6 +1,6 @@
 """Each of our CPU kernels against PyTorch's own, in the compiled decode step the playground runs.
 
-    python bench/kernels.py [--checkpoint tinygpt/assets/story-model] [--batch 1 16 64] [--precision int4]
+    python bench/cpu_kernels.py [--checkpoint tinygpt/assets/story-model] [--batch 1 16 64] [--precision int4]
 
 One serving copy of the model (the checkpoint, else random reference-size weights), its decode step compiled
 as the engine compiles it, timed at each batch size and one cache position (best of --reps interleaved rounds of --steps steps). Then the same with
