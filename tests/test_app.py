@@ -295,6 +295,64 @@ def test_browser_compare_streams_two_stories(server):
         browser.close()
 
 
+def in_view(page, selector: str) -> dict:
+    """The element's box and how many of its pixels rows lie inside the viewport."""
+    box = page.locator(selector).bounding_box()
+    height = page.viewport_size["height"]
+    return {**box, "visible": max(0.0, min(box["y"] + box["height"], height) - max(box["y"], 0.0))}
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_compare_is_side_by_side_on_a_wide_screen(server):
+    """Catches the compare sides stacking on a desktop (Model B's story ~850 px below A's, the button off screen)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-max-new input[type=number]").fill("30")
+        page.locator("#generate-compare").click()
+        expect(page.locator("#stats-a")).to_contain_text("30 tokens", timeout=30_000)
+        expect(page.locator("#stats-b")).to_contain_text("30 tokens", timeout=30_000)
+        a, b, button = (in_view(page, s) for s in ("#story-a", "#story-b", "#generate-compare"))
+        for box in (a, b, button):
+            assert box["visible"] == box["height"] and box["x"] + box["width"] <= 1400, box
+        assert b["x"] >= a["x"] + a["width"] - 1, (a, b)  # next to each other ...
+        assert a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"], (a, b)  # ... at the same height
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "compare-wide.png"))
+        browser.close()
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_story_comes_into_view_on_a_phone(server):
+    """Catches a phone visitor pressing Generate and seeing the sliders while the story streams off screen."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page.goto(server)
+        page.locator("#max-new input[type=number]").fill("200")
+        assert in_view(page, "#story")["y"] > 600  # below the settings until Generate is pressed
+        page.locator("#generate").tap()
+        page.wait_for_timeout(1000)
+        story = page.locator("#story textarea")
+        assert in_view(page, "#story")["visible"] >= 240, in_view(page, "#story")
+        first = len(story.input_value())
+        page.wait_for_timeout(1000)
+        assert len(story.input_value()) > first > 0  # and it grows there
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "phone.png"))
+        page.locator("#stop").tap()
+        page.get_by_role("tab", name="Compare").tap()  # the sides stack, each story under its own settings
+        ys = [page.locator(s).bounding_box()["y"] for s in ("#model-a", "#story-a", "#model-b", "#story-b")]
+        assert ys == sorted(ys), ys
+        browser.close()
+
+
 def test_compare_api_gives_two_stories_for_one_seed(client, checkpoint):
     second = str(checkpoint.parent / "second")  # a model's label is the path or repo id the operator gave
     job = client.submit("Once upon a time", 7, 12, second, 0.0, 50, 1.0, second, 0.0, 50, 1.0, api_name="/compare")

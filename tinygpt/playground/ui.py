@@ -22,6 +22,10 @@ EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and hi
 # Page updates: each takes CPU on Gradio's event loop that the model needs (bench/serve.py measures the cost).
 UPDATE_INTERVAL_S = 1 / 10  # at most 10 a second per story still looks live
 UPDATES_PER_S = 60  # about this many a second over all stories: with many, each page updates less often
+# On a phone the settings fill the screen: pressing Generate brings the story up so it is seen as it streams
+# (only when less than 300 px of it would show, so a page where the story is already in sight stays still).
+SCROLL_TO = ("() => {{ const el = document.getElementById('{}'); if (el && el.getBoundingClientRect().top > "
+             "window.innerHeight - 300) el.scrollIntoView({{block: 'start'}}); }}")
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
@@ -157,9 +161,10 @@ def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
 
 def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str, views: list[tuple],
          also: list | None = None) -> None:
-    """go (or Enter in `also`) runs fn streaming into outputs; Stop is active only meanwhile and cancels it.
-    Either way, each (snapshot, thinking) pair in `views` then shows its shaded tokens. No concurrency limit
-    here: each model's Batcher admits, batches, queues and refuses requests itself."""
+    """go (or Enter in `also`) runs fn streaming into outputs, bringing the first output into view on a narrow
+    screen; Stop is active only meanwhile and cancels it. Either way, each (snapshot, thinking) pair in `views`
+    then shows its shaded tokens. No concurrency limit here: each model's Batcher admits, batches, queues and
+    refuses requests itself."""
     busy = (gr.update(interactive=False), gr.update(interactive=True))
     idle = (gr.update(interactive=True), gr.update(interactive=False))
     snapshots, thinking = [v[0] for v in views], [v[1] for v in views]
@@ -169,7 +174,8 @@ def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_na
 
     runs = []
     for i, trigger in enumerate([go.click, *(also or [])]):
-        started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private")
+        started = trigger(lambda: busy, outputs=[go, stop], queue=False, api_visibility="private",
+                          js=SCROLL_TO.format(outputs[0].elem_id))
         # preprocess/postprocess=False: the inputs come in as sent (the settings are checked by SamplingParams,
         # the prompt by story_stream) and the story (a Textbox) and stats (Markdown) go out as the strings fn
         # yields, which is what those components' processing would make of them; Gradio would otherwise hand
@@ -205,20 +211,21 @@ def compare_tab(registry: ModelRegistry) -> None:
     gr.Markdown("One prompt and seed, two stories at once: two sets of settings, or two models"
                 + ("." if len(labels) > 1 else " (start the app with `--compare PATH_OR_REPO` to offer more)."))
     prompt = gr.Textbox(label="Story start", value=EXAMPLES[0], lines=2, elem_id="compare-prompt")
-    with gr.Row():
+    with gr.Row(equal_height=True):  # the shared settings and the buttons above both sides
         seed, max_new = seed_box(), slider("max_new_tokens", value=120, elem_id="compare-max-new")
-    sides, panels, views = [], [], []
-    for side in ("a", "b"):
-        with gr.Column():
-            model = raw(gr.Dropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
-                                    elem_id=f"model-{side}"))
-            sides += [model, slider("temperature", elem_id=f"temperature-{side}",
-                                    value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
-            story, stats, snapshot, thinking, _ = token_panel(f"-{side}")
-            panels += [story, stats, snapshot]
-            views.append((snapshot, thinking))
-    with gr.Row():
         go, stop = run_buttons("Compare", "-compare")
+    sides, panels, views = [], [], []
+    with gr.Row():  # side by side on a wide screen; below 2 x 320 px the columns wrap, each story under its settings
+        for side in ("a", "b"):
+            with gr.Column(min_width=320, elem_id=f"side-{side}"):
+                model = raw(gr.Dropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
+                                        elem_id=f"model-{side}"))
+                with gr.Row():
+                    sides += [model, slider("temperature", elem_id=f"temperature-{side}",
+                                            value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
+                story, stats, snapshot, thinking, _ = token_panel(f"-{side}")
+                panels += [story, stats, snapshot]
+                views.append((snapshot, thinking))
     wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", views)
 
 
