@@ -114,30 +114,29 @@ def push(checkpoint: str | Path, repo_id: str, private: bool = False, dry_run: b
     return files
 
 
-def space_files(root: Path) -> list[str]:
-    """Exactly what a Space needs: app.py, the package, requirements.txt, README.md (its config) and the
-    picture the README shows."""
-    files = ["app.py", "requirements.txt", "README.md", "docs/playground.png"]
-    files += sorted(str(p.relative_to(root)) for p in (root / "tinygpt").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts)
-    return files
+def deploy_space(space_id: str, model_repo: str | None = None, root: str | Path = ".", dry_run: bool = False,
+                 stage: str | Path | None = None) -> list[str]:
+    """Stage the playground's Space (sharing.space) and upload it as `space_id`, serving `model_repo` (through
+    the Space variable TINYGPT_HUB_REPO) or, without one, the shipped model. With `stage`, the files are left
+    in that folder and nothing is uploaded; with `dry_run`, they are only listed."""
+    from tinygpt.sharing.space import SpaceError, stage_space
 
-
-def deploy_space(space_id: str, model_repo: str, root: str | Path = ".", dry_run: bool = False) -> list[str]:
-    """Create/update a Gradio Space from this repo and point it at `model_repo` (TINYGPT_HUB_REPO)."""
-    root = Path(root)
-    files = space_files(root)
-    missing = [f for f in files if not (root / f).is_file()]
-    if missing:
-        raise HubError(f"run this from the TinyGPT repository root: missing {missing}")
-    if dry_run:
-        return files
-    api = _api()
-    api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
-    api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(root), allow_patterns=files,
-                      commit_message="Deploy the TinyGPT playground")
-    api.add_space_variable(space_id, "TINYGPT_HUB_REPO", model_repo)
-    log.info("deployed https://huggingface.co/spaces/%s serving %s", space_id, model_repo)
+    if not REPO_ID.match(space_id) or (model_repo and not REPO_ID.match(model_repo)):
+        raise HubError(f"{space_id!r} / {model_repo!r}: Space and model ids look like USER/NAME")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            files = stage_space(stage or Path(tmp) / "space", root, model_repo)
+        except SpaceError as e:
+            raise HubError(str(e)) from e
+        if dry_run or stage:
+            return files
+        api = _api()
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(Path(tmp) / "space"),
+                          commit_message="Deploy the TinyGPT playground")
+        if model_repo:
+            api.add_space_variable(space_id, "TINYGPT_HUB_REPO", model_repo)
+    log.info("deployed https://huggingface.co/spaces/%s serving %s", space_id, model_repo or "the shipped model")
     return files
 
 
@@ -149,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo", required=True, help="model repo id USER/NAME")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
-    d = sub.add_parser("deploy-space", help="upload the playground as a Gradio Space serving a model repo")
+    d = sub.add_parser("deploy-space", help="upload the playground as a Gradio Space")
     d.add_argument("space", help="Space id USER/SPACE")
-    d.add_argument("--model", required=True, help="model repo id USER/NAME the Space serves")
+    d.add_argument("--model", help="model repo id USER/NAME the Space serves (default: the shipped model)")
+    d.add_argument("--stage", metavar="DIR", help="write the Space's files into DIR; upload nothing")
     d.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -159,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "push":
             files = push(args.checkpoint, args.repo, args.private, args.dry_run)
         else:
-            files = deploy_space(args.space, args.model, dry_run=args.dry_run)
+            files = deploy_space(args.space, args.model, dry_run=args.dry_run, stage=args.stage)
     except (HubError, CheckpointError) as e:
         sys.stderr.write(f"tinygpt.sharing.hub: error: {e}\n")
         return 2
-    log.info("%s: %s", "would upload" if args.dry_run else "uploaded", " ".join(files))
+    done = "staged in " + args.stage if getattr(args, "stage", None) else "would upload" if args.dry_run else "uploaded"
+    log.info("%s: %s", done, " ".join(files))
     return 0
 
 
