@@ -52,6 +52,8 @@ def test_stage_takes_torch_from_the_cpu_index(staged):
     lines = (staged / "requirements.txt").read_text().splitlines()
     assert lines[0] == CPU_INDEX
     assert any(line.startswith("torch") for line in lines) and not any("#" in line for line in lines)
+    assert any(line.startswith("gradio==") for line in lines)
+    assert not any(line.startswith(("datasets", "matplotlib")) for line in lines)  # training only: a smaller install
 
 
 def test_deploy_space_names_the_model_and_rejects_bad_ids(tmp_path):

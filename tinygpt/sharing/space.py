@@ -14,6 +14,7 @@ from pathlib import Path
 from tinygpt.fileio import atomic_dir
 
 CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+TRAINING_ONLY = ("datasets", "matplotlib")  # data preparation and loss plots: a Space only serves
 PICTURE = "docs/playground.png"
 CARD = """{front_matter}
 # TinyGPT story playground
@@ -45,9 +46,11 @@ def front_matter(readme: str) -> str:
 
 
 def cpu_requirements(requirements: str) -> str:
-    """requirements.txt with PyTorch's CPU index first (its `+cpu` wheels outrank PyPI's CUDA ones), no comments."""
+    """requirements.txt for serving: PyTorch's CPU index first (its `+cpu` wheels outrank PyPI's CUDA ones), the
+    training-only packages and the comments left out."""
     lines = [line.split("#")[0].strip() for line in requirements.splitlines()]
-    return "\n".join([CPU_INDEX, *[line for line in lines if line]]) + "\n"
+    kept = [line for line in lines if line and re.split(r"[<>=!~\[ ;]", line)[0].lower() not in TRAINING_ONLY]
+    return "\n".join([CPU_INDEX, *kept]) + "\n"
 
 
 def package_files(root: Path) -> list[str]:
