@@ -1,5 +1,6 @@
 """The playground against a real Gradio server: gradio_client for the API, and Debian's chromium
 driven by Playwright for what a person sees. All slow (servers and browsers)."""
+import contextlib
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,21 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@contextlib.contextmanager
+def browser_page(width: int, height: int, **options) -> Iterator:
+    """A page of Debian's chromium (driven by Playwright) at width x height; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height}, **options)
+        finally:
+            browser.close()
 
 
 def free_port() -> int:
@@ -192,14 +209,10 @@ def test_app_starts_without_a_model_and_says_how_to_get_one(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_generate_and_inspect_a_token(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    with browser_page(1280, 1100) as page:
         page.goto(server)
         page.locator("#prompt textarea").fill("Once upon a time, there was a cat")
         page.locator("#max-new input[type=number]").fill("40")
@@ -225,7 +238,6 @@ def test_browser_generate_and_inspect_a_token(server):
         expect(panel).to_contain_text("picked with probability")
         assert "→" in panel.inner_text()  # the picked token is marked in the table
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
-        browser.close()
     assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
 
 
@@ -238,14 +250,11 @@ def test_fresh_clone_serves_the_shipped_model_and_writes_a_story(tmp_path):
     """No out/, no variables: the page serves the model in tinygpt/assets/story-model, says what it is and how
     it was trained, and writes a story. Greedy decoding must give TinyStories' opening, which a wrongly loaded
     (say, badly dequantized) model would not."""
-    from playwright.sync_api import sync_playwright
 
     proc, url, body = start_app(tmp_path)
     try:
         assert "ships with TinyGPT" in body and "how it was trained" in body and "Train a better one" in body
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        with browser_page(1280, 1400) as page:
             page.goto(url)
             page.locator("#prompt textarea").fill("Once upon a time")
             page.locator("#max-new input[type=number]").fill("60")
@@ -258,7 +267,6 @@ def test_fresh_clone_serves_the_shipped_model_and_writes_a_story(tmp_path):
             story = page.locator("#story textarea").input_value()
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "shipped-model.png"), full_page=True)
-            browser.close()
     finally:
         out = stop_app(proc)
     assert story.startswith("Once upon a time, there was a"), story
@@ -268,11 +276,9 @@ def test_fresh_clone_serves_the_shipped_model_and_writes_a_story(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_compare_streams_two_stories(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    with browser_page(1280, 1300) as page:
         page.goto(server)
         page.get_by_role("tab", name="Compare").click()
         page.locator("#compare-max-new input[type=number]").fill("30")
@@ -292,7 +298,6 @@ def test_browser_compare_streams_two_stories(server):
         assert a.input_value() != b.input_value()  # temperatures 0.8 and 1.2 from one seed
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
-        browser.close()
 
 
 def in_view(page, selector: str) -> dict:
@@ -305,11 +310,9 @@ def in_view(page, selector: str) -> dict:
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_compare_is_side_by_side_on_a_wide_screen(server):
     """Catches the compare sides stacking on a desktop (Model B's story ~850 px below A's, the button off screen)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with browser_page(1400, 1000) as page:
         page.goto(server)
         page.get_by_role("tab", name="Compare").click()
         page.locator("#compare-max-new input[type=number]").fill("30")
@@ -323,17 +326,13 @@ def test_browser_compare_is_side_by_side_on_a_wide_screen(server):
         assert a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"], (a, b)  # ... at the same height
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "compare-wide.png"))
-        browser.close()
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_story_comes_into_view_on_a_phone(server):
     """Catches a phone visitor pressing Generate and seeing the sliders while the story streams off screen."""
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    with browser_page(390, 844, is_mobile=True, has_touch=True) as page:
         page.goto(server)
         page.locator("#max-new input[type=number]").fill("200")
         assert in_view(page, "#story")["y"] > 600  # below the settings until Generate is pressed
@@ -350,7 +349,6 @@ def test_browser_story_comes_into_view_on_a_phone(server):
         page.get_by_role("tab", name="Compare").tap()  # the sides stack, each story under its own settings
         ys = [page.locator(s).bounding_box()["y"] for s in ("#model-a", "#story-a", "#model-b", "#story-b")]
         assert ys == sorted(ys), ys
-        browser.close()
 
 
 def test_compare_api_gives_two_stories_for_one_seed(client, checkpoint):
