@@ -274,11 +274,20 @@ def test_fresh_clone_serves_the_shipped_model_and_writes_a_story(tmp_path):
     assert "Traceback" not in out
 
 
+def in_view(page, selector: str) -> dict:
+    """The element's box and how many of its pixels rows lie inside the viewport."""
+    box = page.locator(selector).bounding_box()
+    height = page.viewport_size["height"]
+    return {**box, "visible": max(0.0, min(box["y"] + box["height"], height) - max(box["y"], 0.0))}
+
+
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_browser_compare_streams_two_stories(server):
+def test_browser_compare_streams_two_stories_side_by_side(server):
+    """Catches the stories not streaming together, and the sides stacking on a desktop (Model B's story ~850 px
+    below A's, the button off screen)."""
     from playwright.sync_api import expect
 
-    with browser_page(1280, 1300) as page:
+    with browser_page(1400, 1000) as page:
         page.goto(server)
         page.get_by_role("tab", name="Compare").click()
         page.locator("#compare-max-new input[type=number]").fill("30")
@@ -296,33 +305,10 @@ def test_browser_compare_streams_two_stories(server):
         expect(page.locator("#stats-a")).to_contain_text("30 tokens")
         expect(page.locator("#stats-b")).to_contain_text("30 tokens")
         assert a.input_value() != b.input_value()  # temperatures 0.8 and 1.2 from one seed
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
-
-
-def in_view(page, selector: str) -> dict:
-    """The element's box and how many of its pixels rows lie inside the viewport."""
-    box = page.locator(selector).bounding_box()
-    height = page.viewport_size["height"]
-    return {**box, "visible": max(0.0, min(box["y"] + box["height"], height) - max(box["y"], 0.0))}
-
-
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_browser_compare_is_side_by_side_on_a_wide_screen(server):
-    """Catches the compare sides stacking on a desktop (Model B's story ~850 px below A's, the button off screen)."""
-    from playwright.sync_api import expect
-
-    with browser_page(1400, 1000) as page:
-        page.goto(server)
-        page.get_by_role("tab", name="Compare").click()
-        page.locator("#compare-max-new input[type=number]").fill("30")
-        page.locator("#generate-compare").click()
-        expect(page.locator("#stats-a")).to_contain_text("30 tokens", timeout=30_000)
-        expect(page.locator("#stats-b")).to_contain_text("30 tokens", timeout=30_000)
         a, b, button = (in_view(page, s) for s in ("#story-a", "#story-b", "#generate-compare"))
-        for box in (a, b, button):
+        for box in (a, b, button):  # all in view at once ...
             assert box["visible"] == box["height"] and box["x"] + box["width"] <= 1400, box
-        assert b["x"] >= a["x"] + a["width"] - 1, (a, b)  # next to each other ...
+        assert b["x"] >= a["x"] + a["width"] - 1, (a, b)  # ... next to each other ...
         assert a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"], (a, b)  # ... at the same height
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "compare-wide.png"))
