@@ -107,3 +107,41 @@ def test_staged_space_installs_in_a_fresh_environment_and_writes_a_story(staged,
     finally:
         app.terminate()
         app.wait(timeout=30)
+
+
+class FakeApi:
+    """Records what deploy_space asks of the Hub (HfApi's method names and arguments)."""
+
+    def __init__(self, variables: dict):
+        self.variables, self.calls = dict(variables), []
+
+    def create_repo(self, *args, **kwargs):
+        self.calls.append("create_repo")
+
+    def upload_folder(self, *, folder_path, **kwargs):
+        self.calls.append(("upload", sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
+                                            if p.is_file())))
+
+    def get_space_variables(self, repo_id):
+        return self.variables
+
+    def add_space_variable(self, repo_id, key, value):
+        self.variables[key] = value
+
+    def delete_space_variable(self, repo_id, key):
+        del self.variables[key]
+
+
+def test_deploy_uploads_the_staged_files_and_sets_or_clears_the_model(monkeypatch, staged):
+    """Catches an upload that differs from the stage, and a redeploy without --model that keeps serving the
+    model an earlier deploy set (the Space variable left behind)."""
+    from tinygpt.sharing import hub
+
+    api = FakeApi({"TINYGPT_HUB_REPO": "alice/old"})
+    monkeypatch.setattr(hub, "_api", lambda: api)
+    deploy_space("alice/playground", "alice/new")
+    assert api.variables == {"TINYGPT_HUB_REPO": "alice/new"}
+    uploaded = api.calls[1][1]
+    assert uploaded == sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+    deploy_space("alice/playground")
+    assert api.variables == {}

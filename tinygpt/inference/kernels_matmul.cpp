@@ -22,7 +22,7 @@
 //
 // Built with AVX-512 VNNI (kernels.py's flags for such a CPU), several rows of x go through each pass over a block's
 // weights in 512-bit registers (dot4_512, dot4_int4_512): the same integer sums and float operations per row, so a
-// row's numbers do not depend on the batch (bench/kernels.py measures the gain).
+// row's numbers do not depend on the batch (bench/cpu_kernels.py measures the gain).
 #include <immintrin.h>
 #include <omp.h>
 

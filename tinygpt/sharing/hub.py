@@ -136,6 +136,8 @@ def deploy_space(space_id: str, model_repo: str | None = None, root: str | Path 
                           commit_message="Deploy the TinyGPT playground")
         if model_repo:
             api.add_space_variable(space_id, "TINYGPT_HUB_REPO", model_repo)
+        elif "TINYGPT_HUB_REPO" in api.get_space_variables(space_id):  # a redeploy: stop serving the old model
+            api.delete_space_variable(space_id, "TINYGPT_HUB_REPO")
     log.info("deployed https://huggingface.co/spaces/%s serving %s", space_id, model_repo or "the shipped model")
     return files
 
