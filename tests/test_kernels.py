@@ -147,7 +147,7 @@ def test_kernels_run_inside_a_compiled_step():
 def test_serving_falls_back_to_pytorch_kernels_without_ours(tiny_model, monkeypatch):
     """Where our kernels cannot be built (an ARM laptop, no compiler), int8 serving still works: torch's
     weight-only kernel, the model in bf16."""
-    monkeypatch.setattr(kernels, "load", lambda *a: False)
+    monkeypatch.setattr(kernels, "load", lambda *a, **kw: False)
     served = for_serving(tiny_model, "int8")
     assert isinstance(served.transformer.h[0].mlp.c_fc, WeightOnlyInt8Linear)
     assert served.transformer.wpe.weight.dtype == torch.bfloat16

@@ -75,7 +75,7 @@ class Batcher:
         self.max_waiting = max_waiting
         self._own = compute is None  # a thread of its own, closed with it
         self.compute = compute or ComputeThread("tinygpt-batcher")
-        self.cache = self.compute.call(engine.new_cache, engine.padded_size(self.max_batch))
+        self.cache = self.compute.call(engine.new_cache, engine.rows_needed(self.max_batch))
         self._waiting: deque[Request] = deque()
         self._active: list[Request] = []  # request i decodes in cache row i
         self._lock = threading.Lock()
@@ -91,6 +91,14 @@ class Batcher:
     @property
     def eot_id(self) -> int:
         return self.engine.eot_id
+
+    def replace_engine(self, engine: Engine) -> None:
+        """Decode with `engine` (a faster copy of the same model) from the next step on. On the compute thread,
+        between steps: streams already running are re-encoded into its cache, whose dtype may differ."""
+        self.engine, self.cache = engine, engine.new_cache(engine.rows_needed(self.max_batch))
+        with self._lock:
+            for request in self._active:
+                request.stream.stale = True
 
     def load(self) -> tuple[int, int]:
         """(streams decoding, requests waiting) right now."""

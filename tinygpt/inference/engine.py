@@ -7,9 +7,10 @@ continuous batcher (tinygpt.inference.batching) runs the same step over many. Wh
 context length, the context slides: the last 3/4 of it is re-encoded from position 0 (positions are absolute),
 a bounded cost once every block_size/4 tokens.
 
-The step can be compiled (`compile=True`): torch.compile of the same forward plus sampling, with static shapes
-(the cache is preallocated and attention is masked), once per batch size in `batch_sizes`; a batch is padded
-to the next of them. Text is not this module's business: see tinygpt.inference.story.
+The step can be compiled (`compile=True`, or one batch size at a time with `compile_size`, as a server warming up
+does between stories): torch.compile of the same forward plus sampling, with static shapes (the cache is
+preallocated and attention is masked), once per batch size in `batch_sizes`; a batch is padded to the next
+compiled one, and runs eagerly where there is none. Text is not this module's business: see tinygpt.inference.story.
 """
 from __future__ import annotations
 
@@ -94,24 +95,45 @@ class Engine:
         rank = kernels.topk if self.device.type == "cpu" and kernels.loaded() else torch.topk
         self._topk = VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), rank)
         self._logits, self._eager_pick = _eager_decode(model), decode_and_sample(model, self._topk)
-        self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> compiled decode-and-sample
-        self.compiled = compile and self._try_compile()
+        self._step: Callable[..., torch.Tensor] | None = None  # the decode step under torch.compile, once asked
+        self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> its compiled step
+        self.compile_failed = False
+        if compile:
+            self.compile_all()
 
-    def _try_compile(self) -> bool:
-        """Compile the decode step for each batch size; on any failure (no C++ compiler, say) decode eagerly."""
+    @property
+    def compiled(self) -> bool:
+        """Whether the step is compiled for every batch size (until then, a batch with no compiled size runs
+        eagerly)."""
+        return len(self._pick) == len(self.batch_sizes)
+
+    def uncompiled_sizes(self) -> tuple[int, ...]:
+        """The batch sizes still to compile, smallest first; none once compiling has failed."""
+        return () if self.compile_failed else tuple(B for B in self.batch_sizes if B not in self._pick)
+
+    def compile_all(self) -> bool:
+        """Compile the decode step for every batch size now (a stream then never waits on the compiler)."""
         t0 = time.perf_counter()
+        while (sizes := self.uncompiled_sizes()) and self.compile_size(sizes[0]):
+            pass
+        if self.compiled:
+            log.info("decode step compiled for batch sizes %s in %.1f s", self.batch_sizes, time.perf_counter() - t0)
+        return self.compiled
+
+    def compile_size(self, B: int) -> bool:
+        """Compile (trace and run once) the decode step for batch size B; from then on a batch padded to B uses
+        it. On any failure (no C++ compiler, say) the engine stays eager for good: False."""
         try:
-            step = compile_step(decode_and_sample(self.model, self._topk), self.device)
+            self._step = self._step or compile_step(decode_and_sample(self.model, self._topk), self.device)
             with torch.no_grad():
-                for B in self.batch_sizes:  # traced now: a stream never waits on the compiler
-                    step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.new_cache(B),
-                         settings_tensor([PADDING] * B, self.device), torch.zeros(B, device=self.device))
+                self._step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.new_cache(B),
+                           settings_tensor([PADDING] * B, self.device), torch.zeros(B, device=self.device))
         except Exception as e:  # noqa: BLE001 - any compiler failure leaves a working eager engine
             log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly",
                         type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            self.compile_failed = True
             return False
-        self._pick = dict.fromkeys(self.batch_sizes, _skipping_guards(step))
-        log.info("decode step compiled for batch sizes %s in %.1f s", self.batch_sizes, time.perf_counter() - t0)
+        self._pick = {**self._pick, B: _skipping_guards(self._step)}
         return True
 
     def new_cache(self, batch_size: int) -> KVCache:
@@ -124,9 +146,13 @@ class Engine:
         return Stream(list(ids[-self.block_size:]) or [self.eot_id], params, self.block_size, self.keep,
                       self.eot_id, rng)
 
+    def rows_needed(self, n: int) -> int:
+        """The cache rows a step over up to n streams may use, now or once every batch size is compiled."""
+        return next((B for B in self.batch_sizes if B >= n), n)
+
     def padded_size(self, n: int) -> int:
-        """The batch size a step over n streams runs at: the next compiled size (n itself when eager)."""
-        return next((B for B in self.batch_sizes if B >= n), n) if self._pick else n
+        """The batch size a step over n streams runs at: the next compiled size, else n itself (eager)."""
+        return next((B for B in sorted(self._pick) if B >= n), n)
 
     @torch.no_grad()  # not inference_mode: the compiled step cannot take inference tensors
     def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]:

@@ -79,13 +79,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinygpt" / "kernels"
 
 
-def load(cache_dir: Path | None = None) -> bool:
+def load(cache_dir: Path | None = None, build: bool = True) -> bool:
     """Build (once per machine and torch installation) and load the kernels; False, with the reason logged,
-    where they cannot be. The first call decides for the whole process."""
+    where they cannot be. The first call that tries decides for the whole process. With `build=False`, only a
+    library already built is loaded: where there is none, False, and a later call may still build (a server
+    starts on PyTorch's kernels and builds ours in the background)."""
+    cache_dir = cache_dir or default_cache_dir()
     with _LIBRARY.lock:
-        if not _LIBRARY.tried:
+        if not _LIBRARY.tried and (build or built(cache_dir) is not None):
             _LIBRARY.tried = True
-            _LIBRARY.path = build_and_load(cache_dir or default_cache_dir())
+            _LIBRARY.path = build_and_load(cache_dir)
         return _LIBRARY.path is not None
 
 
@@ -158,8 +161,21 @@ def build_choices(cpuinfo: str | None = None) -> list[tuple[str, ...]]:
     return [extra for needs, extra in BUILDS if flags.issuperset(needs)]
 
 
+def built(cache_dir: Path) -> Path | None:
+    """The library for this CPU already in `cache_dir` (the best of its instruction choices), else None."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if unsupported() is not None or compiler is None or not cache_dir.is_dir():
+        return None
+    paths = (library_path(compiler, FLAGS + extra, cache_dir) for extra in [*build_choices(), ()])
+    return next((path for path in paths if path.exists()), None)
+
+
 def _build_for_this_cpu(compiler: str, cache_dir: Path) -> Path:
-    """The library with the best of this CPU's instructions that the compiler takes, else plain AVX2."""
+    """The library with the best of this CPU's instructions that the compiler takes, else plain AVX2 (one
+    already built is taken as it is: a choice the compiler refused once is not retried at every start)."""
+    if (ready := built(cache_dir)) is not None:
+        private_dir(cache_dir)  # the folder is checked as a build checks it, then the library itself
+        return check_private(ready)
     for extra in build_choices():
         try:
             return build(compiler, FLAGS + extra, cache_dir)

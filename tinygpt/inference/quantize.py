@@ -247,9 +247,10 @@ def int8_or_bf16(linear: nn.Linear) -> nn.Module:
     return bf16
 
 
-def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
+def for_serving(model: nn.Module, precision: str = "fp32", build_kernels: bool = True) -> GPT:
     """A converted copy of `model` in eval mode for inference ('fp32', 'bf16', 'fp16', 'int8' or 'int4'); `model`
-    is untouched. int8/int4 need a CPU model (servable_precision picks what a device can run)."""
+    is untouched. int8/int4 need a CPU model (servable_precision picks what a device can run), and use our
+    kernels where they load (built first if need be, unless not `build_kernels`), else PyTorch's."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     gpt = copy.deepcopy(unwrap(model)).eval()
@@ -258,7 +259,7 @@ def for_serving(model: nn.Module, precision: str = "fp32") -> GPT:
     if precision in ("int8", "int4"):
         if gpt.lm_head.weight.device.type != "cpu":
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
-        ours = Int8Linear.fits(gpt.config.n_embd) and kernels.load()
+        ours = Int8Linear.fits(gpt.config.n_embd) and kernels.load(build=build_kernels)
         layer = Int8Linear if ours else int8_or_bf16
         # the head as its own copy: the embedding table stays as it was
         if precision == "int4" and ours and Int4Linear.fits(gpt.config.n_embd):

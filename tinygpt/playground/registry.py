@@ -50,6 +50,7 @@ class ModelRegistry:
         self.problem_plain: str | None = None  # the same for a terminal
         self._lock = threading.Lock()
         self.compute = ComputeThread()  # every model's loading and decoding: one thread for torch's work
+        self.warm_up = threading.Lock()  # each model's fast path is prepared in the background, one at a time
         for source in candidates(config, self.default_dir):
             if self._add(source, first=True) is not None:
                 break
@@ -63,6 +64,10 @@ class ModelRegistry:
     def labels(self) -> list[str]:
         return list(self.models)
 
+    def warming(self) -> list[str]:
+        """The models still decoding eagerly while their fast path is prepared."""
+        return [label for label, loaded in self.models.items() if loaded.warming]
+
     def _add(self, source: str, first: bool = False) -> LoadedModel | None:
         """Offer `source`, first when `first`. Loaded once per label: each load starts a batching thread and
         allocates its cache, so a model named twice (served and compared, say) is one model. A model that cannot
@@ -73,7 +78,7 @@ class ModelRegistry:
             try:
                 c = self.config
                 loaded = self.loader(source, precision=c.precision, compile=c.compile, concurrency=c.concurrency,
-                                     max_queue=c.max_queue, compute=self.compute)
+                                     max_queue=c.max_queue, compute=self.compute, warm_up=self.warm_up)
             except CheckpointError as e:
                 log.error("%s", e)
                 if self.problem is None:

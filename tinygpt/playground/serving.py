@@ -5,6 +5,7 @@ served is decided in tinygpt.playground.registry."""
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tinygpt.inference.batching import Batcher
 from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.quantize import for_serving, servable_precision
+from tinygpt.inference.warmup import WARMING, WarmUp
 from tinygpt.model.checkpoint import SHIPPED_MODEL, find_loss_curve
 from tinygpt.model.gpt import GPT
 from tinygpt.sharing.hub import from_pretrained
@@ -49,7 +51,6 @@ class ServeConfig:
 
 @dataclass
 class LoadedModel:
-    engine: Engine
     batcher: Batcher  # what the page's requests go through: every stream shares the engine's steps
     info: dict  # config.json of the checkpoint
     tokenizer: Tokenizer
@@ -57,10 +58,20 @@ class LoadedModel:
     directory: Path
     precision: str = "fp32"
     num_params: int = 0
+    warmup: WarmUp | None = None  # preparing the fast path in the background, when the server asked for it
+
+    @property
+    def engine(self) -> Engine:
+        return self.batcher.engine  # a warm-up may replace it with a copy on our kernels
 
     @property
     def model(self) -> GPT:
         return self.engine.model
+
+    @property
+    def warming(self) -> bool:
+        """Still decoding eagerly while the fast path is prepared."""
+        return self.warmup is not None and self.warmup.state == WARMING
 
     @property
     def loss_png(self) -> Path | None:
@@ -82,24 +93,28 @@ def batch_sizes(concurrency: int) -> tuple[int, ...]:
 
 def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None,
                      compile: bool = False, concurrency: int = 32, max_queue: int = 64,
-                     compute: ComputeThread | None = None) -> LoadedModel:
+                     compute: ComputeThread | None = None, warm_up: threading.Lock | None = None) -> LoadedModel:
     """Load a local checkpoint directory or a Hub repo id for inference on `device`, converted to
     `precision` (default: the device's fastest), with the decode step compiled if `compile`, served by a
     Batcher decoding up to `concurrency` streams together with `max_queue` more waiting. All of it on `compute`
-    (a server's one thread for torch work; a new one if not given), where the Batcher then decodes."""
+    (a server's one thread for torch work; a new one if not given), where the Batcher then decodes. With
+    `warm_up` (a lock a server's models share), the model is served eagerly at once and compiled in the
+    background (tinygpt.inference.warmup) instead of before this returns."""
     compute = compute or ComputeThread()
-    return compute.call(_load, source, device, precision, compile, concurrency, max_queue, compute)
+    return compute.call(_load, source, device, precision, compile, concurrency, max_queue, compute, warm_up)
 
 
 def _load(source: str, device: torch.device | None, precision: str | None, compile: bool, concurrency: int,
-          max_queue: int, compute: ComputeThread) -> LoadedModel:
+          max_queue: int, compute: ComputeThread, warm_up: threading.Lock | None) -> LoadedModel:
     device = device or pick_device()
     model, info = from_pretrained(source, device)
     precision, why = servable_precision(precision, device, model.config)
     if why:
         log.warning("%s", why)
-    served = for_serving(model, precision)
+    later = compile and warm_up is not None  # kernels and compiled step from the background helper
+    served = for_serving(model, precision, build_kernels=not later)
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
-    engine = Engine(served, compile=compile, batch_sizes=batch_sizes(concurrency))
-    return LoadedModel(engine, Batcher(engine, concurrency, max_queue, compute), info, Tokenizer(), source,
-                       Path(info["directory"]), precision, model.num_params())
+    engine = Engine(served, compile=compile and not later, batch_sizes=batch_sizes(concurrency))
+    batcher, directory = Batcher(engine, concurrency, max_queue, compute), Path(info["directory"])
+    warmup = WarmUp(batcher, compute, directory, precision, warm_up) if later else None
+    return LoadedModel(batcher, info, Tokenizer(), source, directory, precision, model.num_params(), warmup)

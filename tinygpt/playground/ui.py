@@ -21,6 +21,7 @@ EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and hi
             "Ben had a red ball. He"]
 # Page updates: each takes CPU on Gradio's event loop that the model needs (bench/serve.py measures the cost).
 UPDATE_INTERVAL_S = 1 / 10  # at most 10 a second per story still looks live
+WARMING_POLL_S = 3  # how often an open page asks whether warming up has ended
 UPDATES_PER_S = 60  # about this many a second over all stories: with many, each page updates less often
 # On a phone the settings fill the screen: pressing Generate brings the story up so it is seen as it streams
 # (only when less than 300 px of it would show, so a page where the story is already in sight stays still).
@@ -29,6 +30,15 @@ SCROLL_TO = ("() => {{ const el = document.getElementById('{}'); if (el && el.ge
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
+
+
+def warming_text(registry: ModelRegistry) -> str:
+    labels = registry.warming()
+    if not labels:
+        return ""
+    return (f"⏳ **Warming up** ({', '.join(labels)}): stories are written now, at the plain speed, while the fast "
+            "decode step is compiled in the background (about a minute on a first start; a seeded story may "
+            "differ in a word once it takes over).")
 
 
 def raw(component: gr.components.Component) -> gr.components.Component:
@@ -234,6 +244,8 @@ def build_demo(registry: ModelRegistry) -> gr.Blocks:
     with gr.Blocks(title="TinyGPT story playground") as demo:
         gr.Markdown(INTRO)
         problem = gr.Markdown(registry.problem or "", visible=registry.problem is not None, elem_id="problem")
+        warming = gr.Markdown(warming_text(registry), visible=bool(registry.warming()), elem_id="warming")
+        timer = gr.Timer(WARMING_POLL_S, active=bool(registry.warming()))  # ticks only while warming up
         with gr.Tab("Story"):
             go = story_tab(registry)
         with gr.Tab("Compare"):
@@ -249,6 +261,12 @@ def build_demo(registry: ModelRegistry) -> gr.Blocks:
             return (gr.update(value=registry.problem or "", visible=registry.problem is not None),
                     model_card(registry.served), gr.update(interactive=registry.served is not None))
 
+        def warming_state() -> tuple:
+            busy = bool(registry.warming())
+            return gr.update(value=warming_text(registry), visible=busy), gr.Timer(active=busy)
+
         demo.load(on_load, outputs=[problem, card, go], queue=False, api_visibility="private")
+        demo.load(warming_state, outputs=[warming, timer], queue=False, api_visibility="private")
+        timer.tick(warming_state, outputs=[warming, timer], queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=None)
     return demo

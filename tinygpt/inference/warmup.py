@@ -1,0 +1,126 @@
+"""A server's fast path prepared in the background: its page and its first stories do not wait for the compiler.
+
+A served model decodes eagerly from the start: with our CPU kernels where an earlier start built them, else with
+PyTorch's. The slow part of the fast path (building our kernels, about 10 s, and compiling the decode step for
+every batch size, a minute or more on a first start) runs in a helper process at low priority,
+`python -m tinygpt.inference.warmup`, which leaves its results in the on-disk caches (the kernel library,
+Inductor's compiled code). Then, on the server's compute thread and only while no story is being written, the
+model takes them up: a serving copy with our kernels if it had none, then one compiled batch size at a time, a
+second or two each from the caches. Not a thread of the server: torch work on a second thread starts a second
+OpenMP team (see tinygpt.inference.compute_thread), and compiling on the compute thread would stop every story.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from tinygpt.inference import kernels
+from tinygpt.inference.batching import Batcher
+from tinygpt.inference.compute_thread import ComputeThread
+from tinygpt.inference.engine import Engine
+from tinygpt.inference.quantize import PRECISIONS, for_serving
+from tinygpt.model.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+HELPER_TIMEOUT_S = 1800
+WARMING, READY, EAGER = "warming up", "ready", "eager"  # WarmUp.state
+
+
+def uses_our_kernels(precision: str, device: torch.device) -> bool:
+    """Whether a serving copy in `precision` on `device` would run on our CPU kernels where they are built."""
+    return precision in ("int8", "int4") and device.type == "cpu" and kernels.unsupported() is None
+
+
+def serving_engine(directory: Path, precision: str, device: torch.device, batch_sizes: tuple[int, ...],
+                   build_kernels: bool) -> Engine:
+    """An eager engine over a serving copy of the checkpoint in `directory` (our kernels: built if need be when
+    `build_kernels`, else only if already built)."""
+    model, _ = load_checkpoint(directory, device)
+    return Engine(for_serving(model, precision, build_kernels=build_kernels), batch_sizes=batch_sizes)
+
+
+class WarmUp:
+    """Takes one served model (its `batcher`, serving the checkpoint in `directory`) to its fast path; `state`
+    says how far it is (WARMING, then READY, or EAGER where compiling failed). Helpers run one at a time under
+    `one_at_a_time` (a server with several models shares it)."""
+
+    def __init__(self, batcher: Batcher, compute: ComputeThread, directory: Path, precision: str,
+                 one_at_a_time: threading.Lock | None = None) -> None:
+        self.batcher, self.compute, self.directory, self.precision = batcher, compute, directory, precision
+        engine = batcher.engine
+        self.device, self.batch_sizes = engine.device, engine.batch_sizes
+        self.kernels_to_load = uses_our_kernels(precision, self.device) and not kernels.loaded()
+        self.state, self._lock, self._t0 = WARMING, one_at_a_time or threading.Lock(), time.perf_counter()
+        threading.Thread(target=self._run_helper, name="tinygpt-warmup", daemon=True).start()
+
+    def helper_command(self) -> list[str]:
+        return [sys.executable, "-m", "tinygpt.inference.warmup", str(self.directory), "--precision", self.precision,
+                "--device", str(self.device), "--batch-sizes", ",".join(map(str, self.batch_sizes))]
+
+    def _run_helper(self) -> None:
+        with self._lock:
+            log.info("preparing the fast decode step in the background; stories are decoded eagerly until then")
+            try:
+                done = subprocess.run(self.helper_command(), timeout=HELPER_TIMEOUT_S, stdout=subprocess.DEVNULL,
+                                      preexec_fn=_lower_priority if os.name == "posix" else None).returncode == 0
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("the warm-up helper could not run (%s)", e)
+                done = False
+        if not done:
+            log.warning("the fast decode step could not be prepared; stories stay eager (slower)")
+            self.state = EAGER
+            return
+        self.compute.attach(self._take_over)
+
+    def _take_over(self) -> bool:
+        """On the compute thread, called between steps: one piece of the take-over while no story runs."""
+        if sum(self.batcher.load()):
+            return True  # stories are being written: wait for a quiet moment (this loop is called between steps)
+        if self.kernels_to_load:
+            self.kernels_to_load = False
+            if kernels.load(build=False):  # the helper built them: a copy on them replaces PyTorch's kernels
+                self.batcher.replace_engine(serving_engine(self.directory, self.precision, self.device,
+                                                           self.batch_sizes, build_kernels=False))
+            return True
+        engine = self.batcher.engine
+        sizes = engine.uncompiled_sizes()
+        if sizes and engine.compile_size(sizes[0]) and len(sizes) > 1:
+            return True
+        self.state = READY if engine.compiled else EAGER
+        done = f"compiled for batch sizes {self.batch_sizes}" if engine.compiled else "stays eager"
+        log.info("fast path: decode step %s, %.1f s after the model was loaded", done, time.perf_counter() - self._t0)
+        self.compute.detach(self._take_over)
+        return False
+
+
+def _lower_priority() -> None:
+    """In the helper, before it starts: the server's stories come first."""
+    os.nice(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tinygpt.inference.warmup CHECKPOINT ...`: build the kernels and compile the decode step into
+    the on-disk caches (what a WarmUp runs; exit status 0 when the step compiled)."""
+    p = argparse.ArgumentParser(prog="python -m tinygpt.inference.warmup", description=main.__doc__)
+    p.add_argument("checkpoint", type=Path, help="a local checkpoint directory")
+    p.add_argument("--precision", choices=PRECISIONS, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", required=True, type=lambda text: tuple(int(b) for b in text.split(",")),
+                   help="comma-separated, e.g. 1,2,4")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s warm-up %(message)s", datefmt="%H:%M:%S")
+    engine = serving_engine(args.checkpoint, args.precision, torch.device(args.device), args.batch_sizes,
+                            build_kernels=True)
+    return 0 if engine.compile_all() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
