@@ -237,8 +237,46 @@ def test_browser_generate_and_inspect_a_token(server):
         expect(panel).to_contain_text("Token 4:", timeout=15_000)
         expect(panel).to_contain_text("picked with probability")
         assert "→" in panel.inner_text()  # the picked token is marked in the table
+        # the view inside the model: attention over the tokens read, and the lens, for the last layer first
+        expect(page.locator("#inside-lens")).to_be_visible(timeout=15_000)
+        expect(page.locator("#inside-top")).to_contain_text("layer 2, average of the heads")
+        expect(page.locator("#inside-lens")).to_contain_text("after block 2")
+        assert "embedding" in page.locator("#inside-lens").inner_text()
+        shading = page.locator("#inside-attention .token")
+        assert shading.count() >= 4  # the prompt's tokens and the three before the clicked one
+        before = page.locator("#inside-top").inner_text()
+        page.locator("#inside-layer input").click()
+        page.get_by_role("option", name="layer 1").click()
+        expect(page.locator("#inside-top")).to_contain_text("layer 1, average of the heads", timeout=15_000)
+        assert page.locator("#inside-top").inner_text() != before
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
     assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+
+
+def test_inspect_api_gives_the_pages_numbers_and_clear_errors(client, registry):
+    """Catches the API and the page inspecting different things (another window, model or position): the
+    page's handler and the API must give the same JSON for the same story token."""
+    from tinygpt.inference.sampling import SamplingParams
+    from tinygpt.inference.story import stream_story
+    from tinygpt.playground import inside
+
+    loaded = registry.served
+    snap = list(stream_story(loaded.engine, loaded.tokenizer, "Once upon a time",
+                             SamplingParams(temperature=0, max_new_tokens=50, stop_at_eot=False)))[-1]
+    snap = __import__("dataclasses").replace(snap, source=registry.labels()[0])
+    ids, n = [*snap.prompt_ids, *snap.ids], len(snap.prompt_ids)
+    for piece in (0, 20, 49):  # 49: past the tiny model's 32-token context, in a slid window
+        _, page = inside.inspect_snapshot(registry, snap, piece)
+        api = client.predict(ids, n + piece, n, "", api_name="/inspect")
+        assert api == {**page.to_json(), "window_text": api["window_text"], "token_text": api["token_text"]}
+        assert len(api["attention"]) == TINY.n_layer and len(api["attention"][0]) == TINY.n_head
+    for story, position, message in [(ids, len(ids), "position must be an integer"),
+                                     (list(range(5000)), 3, "at most 4096 can be inspected"),
+                                     ("", 0, "the story is empty")]:
+        with pytest.raises(Exception, match=message):
+            client.predict(story, position, -1, "", api_name="/inspect")
+    with pytest.raises(Exception, match="model must be one of"):
+        client.predict(ids, 3, -1, "nope", api_name="/inspect")
 
 
 SHIPPED = ROOT / "tinygpt" / "assets" / "story-model"
@@ -332,6 +370,11 @@ def test_browser_story_comes_into_view_on_a_phone(server):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "phone.png"))
         page.locator("#stop").tap()
+        page.locator("#thinking .token").nth(2).tap()  # the view inside the model comes into view too
+        page.locator("#inside-lens").wait_for(state="visible", timeout=15_000)
+        page.wait_for_timeout(500)
+        assert in_view(page, "#inside-top")["visible"] > 0 and in_view(page, "#inside-top")["y"] >= 0, \
+            in_view(page, "#inside-top")
         page.get_by_role("tab", name="Compare").tap()  # the sides stack, each story under its own settings
         ys = [page.locator(s).bounding_box()["y"] for s in ("#model-a", "#story-a", "#model-b", "#story-b")]
         assert ys == sorted(ys), ys

@@ -10,6 +10,7 @@ Public API (imported lazily, so `import tinygpt` and the torch-free data tools s
     generate, GeneratedToken       streaming text generation (tinygpt.inference.story)
     Engine, SamplingParams         the token-level engine and its settings (tinygpt.inference)
     Batcher                        many streams sharing each decode step (tinygpt.inference.batching)
+    inspect, Inspection            attention and the logit lens at one token of a story (tinygpt.inference.inspect)
     save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.model.checkpoint)
     from_pretrained                a checkpoint directory or a Hub repo id (tinygpt.sharing.hub)
     pick_device, pick_dtype        device and dtype choice (tinygpt.device)
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GPT": "model.gpt", "GPTConfig": "model.gpt", "Tokenizer": "data.tokenizer", "generate": "inference.story",
     "GeneratedToken": "inference.story", "Engine": "inference.engine", "SamplingParams": "inference.sampling",
-    "Batcher": "inference.batching",
+    "Batcher": "inference.batching", "inspect": "inference.inspect", "Inspection": "inference.inspect",
     "save_checkpoint": "model.checkpoint", "load_checkpoint": "model.checkpoint",
     "CheckpointError": "model.checkpoint", "from_pretrained": "sharing.hub", "pick_device": "device", "pick_dtype": "device",
 }

@@ -45,6 +45,11 @@ class SampledToken:
     alternatives: tuple[tuple[int, float], ...] = ()
 
 
+def sliding_keep(block_size: int) -> int:
+    """The tokens a stream keeps when its context slides past block_size: the last 3/4 of them."""
+    return max(1, block_size - max(1, block_size // 4))
+
+
 @dataclass(eq=False)
 class Stream:
     """One stream's decoding state: its context (every token but the last is in its cache row; the last is
@@ -87,7 +92,7 @@ class Engine:
                  batch_sizes: tuple[int, ...] = (1,)) -> None:
         self.model, self.eot_id = model, eot_id
         self.block_size = model.config.block_size
-        self.keep = max(1, self.block_size - max(1, self.block_size // 4))
+        self.keep = sliding_keep(self.block_size)
         self.device = model.transformer.wpe.weight.device
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
         self.cache_dtype = cache_dtype(model)

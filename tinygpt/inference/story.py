@@ -73,6 +73,9 @@ class StorySnapshot:
     tokens_per_sec: float = 0.0
     seed: int = 0
     notices: tuple[str, ...] = ()
+    prompt_ids: tuple[int, ...] = ()  # the prompt as tokens
+    ids: tuple[int, ...] = ()  # the tokens generated, <|endoftext|> included: piece i is ids[i]
+    source: str = ""  # which model wrote it (a label the caller chose)
 
 
 def clean_prompt(text: str | None) -> str:
@@ -93,19 +96,22 @@ class StoryBuilder:
     """One playground request: its cleaned prompt, its seed (drawn if not given, and shown) and its token ids;
     `add` turns the tokens generated next into the next snapshot."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams, block_size: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams, block_size: int,
+                 source: str = "") -> None:
         prompt = clean_prompt(prompt)
         seed = resolve_seed(params.seed)
         self.params = dataclasses.replace(params, seed=seed, alternatives=max(params.alternatives, TOP_ALTERNATIVES))
         self.ids, self.eot_id = tokenizer.encode(prompt), tokenizer.eot_id
-        self.snapshot = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(self.ids), block_size))
+        self.snapshot = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(self.ids), block_size),
+                                      prompt_ids=tuple(self.ids), source=source)
         self._text, self._start = Detokenizer(tokenizer, self.params), time.perf_counter()
 
     def add(self, tokens: Iterable[SampledToken]) -> StorySnapshot:
         snap, n, notices = self.snapshot, self.snapshot.n_tokens, self.snapshot.notices
-        pieces, alternatives, ranks = [], [], []
+        pieces, alternatives, ranks, ids = [], [], [], []
         for token in map(self._text.add, tokens):
             n += 1
+            ids.append(token.id)
             if token.id == self.eot_id:
                 notices += ("The model ended the story (<|endoftext|>).",)
                 continue
@@ -116,7 +122,7 @@ class StoryBuilder:
             text=snap.text + "".join(p for p, _ in pieces), pieces=snap.pieces + tuple(pieces),
             alternatives=snap.alternatives + tuple(alternatives), chosen_rank=snap.chosen_rank + tuple(ranks),
             n_tokens=n, tokens_per_sec=n / max(time.perf_counter() - self._start, 1e-9), seed=snap.seed,
-            notices=notices)
+            notices=notices, prompt_ids=snap.prompt_ids, ids=snap.ids + tuple(ids), source=snap.source)
         return self.snapshot
 
 
@@ -129,9 +135,10 @@ def stream_story(source: Engine | Batcher, tokenizer: Tokenizer, prompt: str | N
 
 
 async def astream_story(batcher: Batcher, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams,
-                        interval: float = 0.0, total_rate: float = 0.0) -> AsyncIterator[StorySnapshot]:
+                        interval: float = 0.0, total_rate: float = 0.0, source: str = ""
+                        ) -> AsyncIterator[StorySnapshot]:
     """stream_story for an asyncio server: a snapshot per list of tokens from `Batcher.chunks` (at most one per
     `interval` seconds; see there for `total_rate`), holding every token generated since the last."""
-    story = StoryBuilder(tokenizer, prompt, params, batcher.block_size)
+    story = StoryBuilder(tokenizer, prompt, params, batcher.block_size, source)
     async for tokens in batcher.chunks(story.ids, story.params, interval, total_rate):
         yield story.add(tokens)

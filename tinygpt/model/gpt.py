@@ -66,15 +66,37 @@ class CachedAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+class CausalAttention(nn.Module):
+    """Training's (and a whole text's) attention: queries, keys and values (B, nh, T, hs), each query over the
+    positions up to its own, by SDPA (flash where it can). A module of its own so that what it attended to can
+    be looked at (tinygpt.inference.inspect hooks it and asks `causal_attention_probs`)."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+
+
+def causal_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The weights SDPA applies to the values in CausalAttention (without dropout), by its definition:
+    softmax(q kᵀ / √hs) over the positions up to each query's own, (B, nh, T, T); row t is 0 after t."""
+    T = q.size(-2)
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.n_head, self.layer = config.n_head, layer  # layer: which slice of a KVCache is ours
-        self.cached = CachedAttention()
+        self.cached, self.causal = CachedAttention(), CausalAttention(config.dropout)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,8 +110,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer, positions, k, v)
             y = self.cached(q, k, v, mask)
         else:
-            dropout = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = self.causal(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
 

@@ -11,10 +11,11 @@ import gradio as gr
 from tinygpt.inference.batching import QueueFull
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot, astream_story
+from tinygpt.playground import inside
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
-from tinygpt.playground.views import (alternatives_table, model_card, request_params, request_seed, stats_line,
-                                      token_view)
+from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,
+                                      stats_line, token_view)
 
 EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
             "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
@@ -23,10 +24,6 @@ EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and hi
 UPDATE_INTERVAL_S = 1 / 10  # at most 10 a second per story still looks live
 WARMING_POLL_S = 3  # how often an open page asks whether warming up has ended
 UPDATES_PER_S = 60  # about this many a second over all stories: with many, each page updates less often
-# On a phone the settings fill the screen: pressing Generate brings the story up so it is seen as it streams
-# (only when less than 300 px of it would show, so a page where the story is already in sight stays still).
-SCROLL_TO = ("() => {{ const el = document.getElementById('{}'); if (el && el.getBoundingClientRect().top > "
-             "window.innerHeight - 300) el.scrollIntoView({{block: 'start'}}); }}")
 INTRO = ("# TinyGPT story playground\nA small GPT-2-style model trained on "
          "[TinyStories](https://huggingface.co/datasets/roneneldan/TinyStories). Type the start of a story and press "
          "**Generate**. Temperature 0 always picks the most likely token; higher is more surprising.")
@@ -56,14 +53,15 @@ def checked_params(*values: object) -> SamplingParams:
         raise gr.Error(str(e), print_exception=False) from None
 
 
-async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams) -> AsyncIterator[StorySnapshot]:
+async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams, label: str = ""
+                       ) -> AsyncIterator[StorySnapshot]:
     """Snapshots of one story through the model's batcher, at most 10 page updates a second, fewer when many
     stories run; a busy playground refuses with a message."""
     if not isinstance(prompt, str | None):  # the event takes its inputs as sent (preprocess=False in `wire`)
         raise gr.Error(f"prompt must be text, got {type(prompt).__name__}", print_exception=False)
     try:
         async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
-                                        UPDATES_PER_S):
+                                        UPDATES_PER_S, label):
             yield snap
     except QueueFull as e:
         raise gr.Error(str(e), print_exception=False) from None
@@ -75,7 +73,7 @@ def make_generate(registry: ModelRegistry):
         params, loaded = checked_params(temperature, top_k, top_p, max_new_tokens, seed), registry.served
         if loaded is None:
             raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
-        async for snap in story_stream(loaded, prompt, params):
+        async for snap in story_stream(loaded, prompt, params, registry.labels()[0]):
             yield snap.text, stats_line(snap), snap
 
     return generate_story
@@ -117,8 +115,9 @@ def make_compare(registry: ModelRegistry):
             params = checked_params(t, k, p, max_new_tokens, seed)
             if label not in registry.models:
                 raise gr.Error(f"model must be one of {registry.labels()}, got {label!r}", print_exception=False)
-            sides.append((registry.models[label], params))
-        async for a, b in side_by_side(*(story_stream(loaded, prompt, params) for loaded, params in sides)):
+            sides.append((label, params))
+        streams = (story_stream(registry.models[label], prompt, params, label) for label, params in sides)
+        async for a, b in side_by_side(*streams):
             yield a.text, stats_line(a), a, b.text, stats_line(b), b
 
     return compare
@@ -149,9 +148,9 @@ def show_alternatives(snap: StorySnapshot | None, evt: gr.SelectData) -> str:
     return alternatives_table(token_view(snap)[1], evt.index if isinstance(evt.index, int) else evt.index[0])
 
 
-def token_panel(suffix: str = "") -> tuple:
-    """The story, its stats, its latest snapshot (kept on the server), the shaded tokens, and the alternatives
-    at a clicked token."""
+def token_panel(registry: ModelRegistry, suffix: str = "") -> tuple:
+    """The story, its stats, its latest snapshot (kept on the server), the shaded tokens, and at a clicked token
+    the alternatives and the view inside the model."""
     story = gr.Textbox(label="Story", lines=10, interactive=False, elem_id=f"story{suffix}")
     stats = gr.Markdown(elem_id=f"stats{suffix}")
     snapshot = gr.State(None)
@@ -160,6 +159,7 @@ def token_panel(suffix: str = "") -> tuple:
                                   elem_id=f"thinking{suffix}")
     alternatives = gr.Markdown(elem_id=f"alternatives{suffix}")
     thinking.select(show_alternatives, inputs=[snapshot], outputs=[alternatives], api_visibility="private")
+    inside.panel(registry, suffix, thinking, snapshot)
     return story, stats, snapshot, thinking, alternatives
 
 
@@ -210,7 +210,7 @@ def story_tab(registry: ModelRegistry) -> gr.Button:
                 go, stop = run_buttons("Generate")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
         with gr.Column(scale=3):
-            story, stats, snapshot, thinking, _ = token_panel()
+            story, stats, snapshot, thinking, _ = token_panel(registry)
     wire(go, stop, make_generate(registry), inputs, [story, stats, snapshot], "generate", [(snapshot, thinking)],
          also=[prompt.submit])
     return go
@@ -233,7 +233,7 @@ def compare_tab(registry: ModelRegistry) -> None:
                 with gr.Row():
                     sides += [model, slider("temperature", elem_id=f"temperature-{side}",
                                             value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
-                story, stats, snapshot, thinking, _ = token_panel(f"-{side}")
+                story, stats, snapshot, thinking, _ = token_panel(registry, f"-{side}")
                 panels += [story, stats, snapshot]
                 views.append((snapshot, thinking))
     wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", views)
@@ -266,6 +266,7 @@ def build_demo(registry: ModelRegistry) -> gr.Blocks:
             return gr.update(value=warming_text(registry), visible=busy), gr.Timer(active=busy)
 
         demo.load(on_load, outputs=[problem, card, go], queue=False, api_visibility="private")
+        gr.api(inside.inspect_api(registry), api_name="inspect", concurrency_limit=None)
         demo.load(warming_state, outputs=[warming, timer], queue=False, api_visibility="private")
         timer.tick(warming_state, outputs=[warming, timer], queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=None)

@@ -8,6 +8,10 @@ from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import TOP_ALTERNATIVES, StorySnapshot
 from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
 
+# On a phone the settings fill the screen: pressing Generate (or clicking a token) brings the story (or the view
+# inside the model) up, so it is seen (only when less than 300 px of it would show: a page in sight stays still).
+SCROLL_TO = ("() => {{ const el = document.getElementById('{}'); if (el && el.getBoundingClientRect().top > "
+             "window.innerHeight - 300) el.scrollIntoView({{block: 'start'}}); }}")
 TRAIN_YOUR_OWN = ("**Train a better one:** `python prepare_data.py` (TinyStories from the Hub, or `--train-files`), "
                   "then `python train.py --preset cpu --time-budget 60m` on a CPU, or `python train.py` (the 30M "
                   "reference model) on a GPU; reload this page and it serves `out/best`.")
