@@ -39,8 +39,11 @@ def window_text(loaded: LoadedModel, ins: Inspection) -> list[str]:
 
 
 def attention_shading(loaded: LoadedModel, ins: Inspection, layer: int, head: str) -> list[tuple[str, float]]:
-    """(token text, weight) over the window, for gr.HighlightedText."""
-    return list(zip(window_text(loaded, ins), head_weights(ins, layer, head)))
+    """(token text, shade) over the window, for gr.HighlightedText: each weight over the largest, so the most
+    attended token is the darkest however spread the weights are (the table lists the weights themselves)."""
+    weights = head_weights(ins, layer, head)
+    top = max(weights) or 1.0
+    return [(text, w / top) for text, w in zip(window_text(loaded, ins), weights)]
 
 
 def attention_top(loaded: LoadedModel, ins: Inspection, layer: int, head: str) -> str:
@@ -83,7 +86,7 @@ def panel(registry: ModelRegistry, suffix: str, thinking: gr.HighlightedText, sn
         with gr.Row():
             layer = gr.Dropdown(["layer 1"], value="layer 1", label="Layer", elem_id=f"inside-layer{suffix}")
             head = gr.Dropdown([AVERAGE], value=AVERAGE, label="Head", elem_id=f"inside-head{suffix}")
-        shading = gr.HighlightedText(label="Attention", show_legend=False, show_inline_category=False,
+        shading = gr.HighlightedText(label="Attention (darkest = most attended)", show_legend=False, show_inline_category=False,
                                      elem_id=f"inside-attention{suffix}")
         top = gr.Markdown(elem_id=f"inside-top{suffix}")
         lens = gr.Markdown(elem_id=f"inside-lens{suffix}")
