@@ -414,6 +414,11 @@ def test_bad_api_values_get_one_clear_message_and_no_server_traceback(tmp_path, 
                 client.submit(*kw.values(), api_name="/generate").result(timeout=20)
             assert time.time() - start < 10, (name, value)
         assert client.predict("Hi", 0.0, 50, 0.95, 3, 1, api_name="/generate")[0].startswith("Hi")
+        for story, position, message in [("Once upon a time", 99, "position must be an integer from 1 to 3"),
+                                         ([1, 2, 3], -1, "position must be an integer"),
+                                         ([1] * 5000, 1, "at most 4096 can be inspected")]:
+            with pytest.raises(Exception, match=message):
+                client.predict(story, position, -1, "", api_name="/inspect")
     finally:
         out = stop_app(proc)
     assert "Traceback" not in out, out[-3000:]
