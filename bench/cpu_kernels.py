@@ -36,7 +36,7 @@ def timer(model, topk, batch: int, position: int):
                         torch.device("cpu"))
     cache = model.new_cache(batch, cache_dtype(model))
     args = (torch.zeros(batch, 1, dtype=torch.long), cache, settings_tensor([SamplingParams()] * batch),
-            torch.rand(batch))
+            torch.rand(batch), torch.zeros(batch, model.config.vocab_size, dtype=torch.bool))
 
     def run(steps: int) -> float:
         with torch.no_grad():

@@ -6,8 +6,11 @@
 
 Each candidate is a real `train.py --preset cpu --time-budget B` run with its own flags, one after another (they
 would fight over the cores), on prepare_data.py's memmaps of ../shared/data/tinystories (train.txt / valid.txt).
-For each run it records tokens/s, peak resident memory (of that process alone, from wait4) and the final loss
-over every validation token; results accumulate in bench/results/cpu_recipe.jsonl.
+For each run it records tokens/s, peak resident memory (of that process alone, from wait4), train and val loss
+at each evaluation (fixed batches: 41k of valid.txt's 99k tokens), the minutes from the process start to the
+first evaluation at or under 2.4, 2.3 and 2.228, and the final loss over every validation token; results
+accumulate in bench/results/cpu_recipe.jsonl. Rerun the AdamW baseline (4x256-adamw-cosine) in the same hour as
+what it is compared with: this host's speed drifts by +-15%.
 """
 import argparse
 import json
@@ -20,27 +23,51 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "cpu_recipe.jsonl"
+SHAPES = {"4x256": ["--n-layer", "4", "--n-embd", "256", "--n-head", "4"],
+          "6x256": ["--n-layer", "6", "--n-embd", "256", "--n-head", "4"],
+          "4x384": ["--n-layer", "4", "--n-embd", "384", "--n-head", "6"]}
+MUON = ["--optimizer", "muon"]
+WSD = ["--schedule", "wsd", "--cooldown-frac", "0.4"]
 CANDIDATES = {  # name: flags on top of --preset cpu
     "2x128": ["--n-layer", "2", "--n-embd", "128", "--n-head", "2", "--learning-rate", "3e-3"],
-    "4x256": ["--n-layer", "4", "--n-embd", "256", "--n-head", "4"],
-    "4x256-lr3e-3": ["--n-layer", "4", "--n-embd", "256", "--n-head", "4", "--learning-rate", "3e-3",
-                     "--min-lr", "3e-4"],
-    "6x256": ["--n-layer", "6", "--n-embd", "256", "--n-head", "4"],
+    "4x256-adamw-cosine": [*SHAPES["4x256"], "--optimizer", "adamw", "--schedule", "cosine", "--ema", "0"],
+    "4x256-lr3e-3": [*SHAPES["4x256"], "--learning-rate", "3e-3", "--min-lr", "3e-4"],
+    "6x256": SHAPES["6x256"],
     "8x256": ["--n-layer", "8", "--n-embd", "256", "--n-head", "4"],
-    "4x384": ["--n-layer", "4", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1.5e-3"],
+    "4x384": [*SHAPES["4x384"], "--learning-rate", "1.5e-3"],
     "6x384": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1.5e-3"],
     "6x384-d0.1": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1.5e-3",
                    "--dropout", "0.1"],
     "reference-full-head": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1e-3",
                             "--dropout", "0.1", "--no-data-vocab"],
+    # the optimizer and schedule screen (issue 24): Muon on the hidden matrices, warmup-stable-decay, averaging
+    "4x256-muon-cosine": [*SHAPES["4x256"], *MUON, "--schedule", "cosine", "--ema", "0"],
+    "4x256-muon-wsd": [*SHAPES["4x256"], *MUON, *WSD, "--ema", "0"],
+    "4x256-muon-wsd-ema": [*SHAPES["4x256"], *MUON, *WSD, "--ema", "0.998"],
+    "4x256-muon-wsd-lr4e-3": [*SHAPES["4x256"], *MUON, *WSD, "--learning-rate", "4e-3", "--min-lr", "2e-4",
+                              "--ema", "0"],
+    "4x256-muon-wsd-wd0.5": [*SHAPES["4x256"], *MUON, *WSD, "--weight-decay", "0.5", "--ema", "0"],
+    "6x256-muon-wsd": [*SHAPES["6x256"], *MUON, *WSD, "--ema", "0"],
+    "4x384-muon-wsd": [*SHAPES["4x384"], *MUON, *WSD, "--learning-rate", "1.5e-3", "--min-lr", "1.5e-4",
+                       "--ema", "0"],
 }
+TARGETS = (2.4, 2.3, 2.228)  # val losses to time: the issue's milestones and the shipped model's best
+
+
+def minutes_to(records: list[dict], start: float) -> dict[str, float | None]:
+    """Minutes from the process start to the first evaluation at or below each target val loss (None: never)."""
+    out = {}
+    for target in TARGETS:
+        hit = next((r for r in records if r["val_loss"] <= target), None)
+        out[str(target)] = round((hit["time"] - start) / 60, 1) if hit else None
+    return out
 
 
 def run(name: str, budget: str, data_dir: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"cpu-recipe-{name}-"))
     cmd = [sys.executable, str(ROOT / "train.py"), "--preset", "cpu", "--time-budget", budget, "--data-dir",
            data_dir, "--out-dir", str(out), *CANDIDATES[name]]
-    t0 = time.monotonic()
+    t0, start = time.monotonic(), time.time()
     with open(out / "train.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -52,15 +79,20 @@ def run(name: str, budget: str, data_dir: str) -> dict:
                 steps=last["step"], tokens_m=round(last["tokens_seen"] / 1e6, 2),
                 tokens_per_sec=round(sum(r["tokens_per_sec"] for r in records) / len(records)),
                 peak_rss_mb=round(usage.ru_maxrss / 1024), val_loss_all=last.get("val_loss_all"),
-                curve=[(r["step"], round(r["val_loss"], 4)) for r in records], out_dir=str(out))
+                minutes_to=minutes_to(records, start),
+                curve=[(r["step"], round((r["time"] - start) / 60, 1), round(r["train_loss"], 4),
+                        round(r["val_loss"], 4)) for r in records], out_dir=str(out))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| candidate | budget | params | steps | tokens | tok/s | peak RSS | val loss (all of valid.txt) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| candidate | budget | params | steps | tokens | tok/s | peak RSS | minutes to 2.4 / 2.3 / 2.228 | "
+             "last train / val | val loss (all of valid.txt) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        reach = " / ".join("-" if m is None else f"{m}" for m in r.get("minutes_to", {}).values()) or "n/a"
+        train, val = (r["curve"][-1][-2:] if len(r["curve"][-1]) == 4 else ("n/a", r["curve"][-1][-1]))
         lines.append(f"| {r['name']} | {r['budget']} | {r['params_m']}M | {r['steps']} | {r['tokens_m']}M | "
-                     f"{r['tokens_per_sec']:,} | {r['peak_rss_mb']:,} MB | {r['val_loss_all']:.4f} |")
+                     f"{r['tokens_per_sec']:,} | {r['peak_rss_mb']:,} MB | {reach} | {train} / {val} | "
+                     f"{r['val_loss_all']:.4f} |")
     return "\n".join(lines)
 
 

@@ -104,3 +104,51 @@ def test_sampling_limits_are_what_validation_accepts():
         for bad in (low - lim["step"], high + lim["step"]):
             with pytest.raises(ValueError, match=name):
                 SamplingParams(**{name: bad})
+
+
+def test_min_p_drops_what_is_far_below_the_likeliest():
+    """Catches min-p ignored, or cut against an absolute probability instead of the likeliest token's."""
+    us = torch.rand(400, generator=torch.Generator().manual_seed(0))
+    logits = torch.tensor([3.0, 2.5, 0.0, 2.0, -1.0]).expand(400, 5)  # p: 0.50 0.30 0.03 0.18 0.01
+    for top_k in (0, 5):  # the whole-vocabulary path and the candidates path
+        kept = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, min_p=0.2)  # keeps p >= 0.1
+        assert set(choose_token(logits, kept, us)[:, 0].int().tolist()) == {0, 1, 3}
+        off = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, min_p=0.0)
+        assert set(choose_token(logits, off, us)[:, 0].int().tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_repetition_penalty_lowers_only_the_tokens_seen():
+    """CTRL's rule: a positive logit divided, a negative one multiplied, unseen tokens untouched; the
+    probability reported stays the model's own."""
+    logits = torch.tensor([[3.0, 2.8, -1.0, 0.5]])
+    seen = torch.tensor([[True, False, True, False]])
+    for top_k in (0, 4):
+        params = SamplingParams(temperature=0, top_k=top_k, repetition_penalty=1.5)
+        out = choose_token(logits, params, torch.tensor([0.5]), seen=seen)[0].tolist()
+        assert out[:2] == pytest.approx([1, logits[0].softmax(-1)[1].item()])  # 3.0 / 1.5 = 2.0 < 2.8
+        assert out[2] == 0  # the top alternative is still the model's own likeliest
+    from tinygpt.inference.sampling import penalize
+    ids = torch.arange(4)[None]
+    assert penalize(logits, ids, seen, torch.tensor([[1.5]])).tolist() == [pytest.approx([2.0, 2.8, -1.5, 0.5])]
+    assert penalize(logits, ids, seen, torch.tensor([[1.0]])).tolist() == logits.tolist()
+
+
+def repeated_4grams(ids):
+    grams = [tuple(ids[i:i + 4]) for i in range(len(ids) - 3)]
+    return {g for g in grams if grams.count(g) > 1}
+
+
+def test_a_greedy_story_with_the_penalty_does_not_repeat_what_it_repeats_without(tokenizer):
+    """The shipped model's greedy story loops on a phrase; with the penalty over the story so far, that
+    4-gram is not repeated. Catches a penalty that is not applied, or forgets the story once it passes the
+    128-token context (the loop below is longer than that)."""
+    from tinygpt.model.checkpoint import SHIPPED_MODEL, load_checkpoint
+
+    model, _ = load_checkpoint(SHIPPED_MODEL)
+    kw = dict(max_new_tokens=300, temperature=0, stop_at_eot=False)
+    plain = story(model, tokenizer, **kw)
+    loops = repeated_4grams(plain)
+    assert loops, "the greedy story no longer repeats itself: pick a prompt where it does"
+    penalized = story(model, tokenizer, repetition_penalty=1.3, **kw)
+    assert not loops & repeated_4grams(penalized)
+    assert story(model, tokenizer, repetition_penalty=1.0, **kw) == plain  # 1 = off, exactly

@@ -64,10 +64,13 @@ class Stream:
     produced: int = 0
     stale: bool = True  # its cache row does not hold context[:-1] yet (a new stream, or one that slid)
     done: bool = False
+    seen: torch.Tensor | None = None  # (vocab,) bool: every token of the story so far, for a repetition penalty
 
     def push(self, token: int) -> None:
         """Append `token`; past block_size, keep the last `keep` tokens (the cache row must then be rebuilt)."""
         self.context.append(token)
+        if self.seen is not None:
+            self.seen[token] = True
         if len(self.context) > self.block_size:
             del self.context[:-self.keep]
             self.stale = True
@@ -100,6 +103,7 @@ class Engine:
         rank = kernels.topk if self.device.type == "cpu" and kernels.loaded() else torch.topk
         self._topk = VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), rank)
         self._logits, self._eager_pick = _eager_decode(model), decode_and_sample(model, self._topk)
+        self._no_seen: torch.Tensor | None = None
         self._step: Callable[..., torch.Tensor] | None = None  # the decode step under torch.compile, once asked
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> its compiled step
         self.compile_failed = False
@@ -132,7 +136,8 @@ class Engine:
             self._step = self._step or compile_step(decode_and_sample(self.model, self._topk), self.device)
             with torch.no_grad():
                 self._step(torch.zeros(B, 1, dtype=torch.long, device=self.device), self.new_cache(B),
-                           settings_tensor([PADDING] * B, self.device), torch.zeros(B, device=self.device))
+                           settings_tensor([PADDING] * B, self.device), torch.zeros(B, device=self.device),
+                           self._unseen(B))
         except Exception as e:  # noqa: BLE001 - any compiler failure leaves a working eager engine
             log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly",
                         type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -148,8 +153,25 @@ class Engine:
     def new_stream(self, ids: list[int], params: SamplingParams) -> Stream:
         """A stream for prompt `ids`: none starts from <|endoftext|>; more than block_size keeps the last ones."""
         rng = random.Random(resolve_seed(params.seed))
-        return Stream(list(ids[-self.block_size:]) or [self.eot_id], params, self.block_size, self.keep,
-                      self.eot_id, rng)
+        stream = Stream(list(ids[-self.block_size:]) or [self.eot_id], params, self.block_size, self.keep,
+                        self.eot_id, rng)
+        if params.repetition_penalty != 1.0:  # the whole prompt counts, also what slid out of the context
+            stream.seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+            stream.seen[torch.tensor(list(ids) or [self.eot_id], device=self.device)] = True
+        return stream
+
+    def _unseen(self, B: int) -> torch.Tensor:
+        """(B, vocab) all False: the `seen` of a batch in which no story has a repetition penalty."""
+        if self._no_seen is None or self._no_seen.size(0) < B:
+            self._no_seen = torch.zeros(B, self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+        return self._no_seen[:B]
+
+    def _seen(self, streams: list[Stream], B: int) -> torch.Tensor:
+        """(B, vocab): each stream's story so far (rows without a penalty or past the streams: none)."""
+        if all(s.seen is None for s in streams):
+            return self._unseen(B)
+        none = self._unseen(1)[0]
+        return torch.stack([s.seen if s.seen is not None else none for s in streams] + [none] * (B - len(streams)))
 
     def rows_needed(self, n: int) -> int:
         """The cache rows a step over up to n streams may use, now or once every batch size is compiled."""
@@ -176,12 +198,13 @@ class Engine:
         view = cache.rows(0, B)
         idx = torch.tensor([s.context[-1] for s in streams] + [self.eot_id] * (B - n), device=self.device)[:, None]
         u = torch.tensor([s.uniform() for s in streams] + [0.0] * (B - n), device=self.device)
-        params = [s.params for s in streams] + [PADDING] * (B - n)
+        params, seen = [s.params for s in streams] + [PADDING] * (B - n), self._seen(streams, B)
         if all(p.greedy or p.top_k for p in params):  # the common case: decode and sample in one call
-            out = self._pick.get(B, self._eager_pick)(idx, view, settings_tensor(params, self.device), u)
+            out = self._pick.get(B, self._eager_pick)(idx, view, settings_tensor(params, self.device), u, seen)
         else:  # sampling over the whole vocabulary (top_k 0)
             logits, lse = self._logits(idx, view)
-            out = torch.cat([choose_token(logits[i:i + 1], p, u[i:i + 1], lse[i:i + 1]) for i, p in enumerate(params)])
+            out = torch.cat([choose_token(logits[i:i + 1], p, u[i:i + 1], lse[i:i + 1], seen[i:i + 1])
+                             for i, p in enumerate(params)])
         if B > n:
             view.pos[n:] = 0  # scratch rows must never run past the cache
         return [stream.accept(row) for stream, row in zip(streams, out.tolist())]  # the one read per step
@@ -236,10 +259,11 @@ def _eager_decode(model: GPT) -> Callable[[torch.Tensor, KVCache], tuple[torch.T
 def decode_and_sample(model: GPT, topk: VocabTopK) -> Callable[..., torch.Tensor]:
     """The decode step with greedy or top-k sampling. It ranks the head's rows (VocabTopK): for a model with
     kept tokens, a fifth of the vocabulary, with the same candidates and draws as ranking all 50,257 logits."""
-    def decode_pick(idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def decode_pick(idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor,
+                    seen: torch.Tensor) -> torch.Tensor:
         rows = model.lm_head(model.hidden(idx, cache)[:, -1]).float()  # (B, n_rows): one token per stream
         values, ids = topk(rows)
-        return pick_top(values, ids, rows.logsumexp(-1), settings, u)  # the rows' lse is the vocabulary's
+        return pick_top(values, ids, rows.logsumexp(-1), settings, u, seen)  # the rows' lse is the vocabulary's
     return decode_pick
 
 

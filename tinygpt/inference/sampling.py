@@ -25,6 +25,10 @@ class SamplingParams:
     temperature: float = field(default=0.8, metadata=_limit(0.0, 2.0, 0.05, "Temperature", "0 = greedy"))
     top_k: int = field(default=50, metadata=_limit(0, 200, 1, "Top-k", "0 = off"))
     top_p: float = field(default=0.95, metadata=_limit(0.05, 1.0, 0.01, "Top-p", "1 = off"))
+    min_p: float = field(default=0.0, metadata=_limit(0.0, 0.5, 0.01, "Min-p", "0 = off; drops tokens less "
+                                                      "likely than this share of the likeliest"))
+    repetition_penalty: float = field(default=1.0, metadata=_limit(1.0, 2.0, 0.05, "Repetition penalty",
+                                                                   "1 = off; tokens already in the story"))
     max_new_tokens: int = field(default=200, metadata=_limit(1, 1024, 1, "Max new tokens", ""))
     seed: int | None = None  # None: a fresh random stream; else the same story for the same settings
     stop_at_eot: bool = True  # end at <|endoftext|>
@@ -76,9 +80,11 @@ TOKEN, PROB, ALT_IDS, ALT_PROBS = 0, 1, slice(2, 2 + ALT_MAX), slice(2 + ALT_MAX
 
 def settings_tensor(params: SamplingParams | list[SamplingParams], device: torch.device | str = "cpu"
                     ) -> torch.Tensor:
-    """[temperature, top_k, top_p] per stream, (B, 3): a compiled step takes any settings without recompiling."""
+    """[temperature, top_k, top_p, min_p, repetition_penalty] per stream, (B, 5): a compiled step takes any
+    settings without recompiling."""
     rows = [params] if isinstance(params, SamplingParams) else params
-    return torch.tensor([[p.temperature, p.top_k, p.top_p] for p in rows], dtype=torch.float32, device=device)
+    return torch.tensor([[p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty] for p in rows],
+                        dtype=torch.float32, device=device)
 
 
 def top_p_probs(sorted_probs: torch.Tensor, p: torch.Tensor | float) -> torch.Tensor:
@@ -86,6 +92,20 @@ def top_p_probs(sorted_probs: torch.Tensor, p: torch.Tensor | float) -> torch.Te
     float, or (B, 1) per row; p >= 1: keep all)."""
     before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
     return sorted_probs.masked_fill((before >= p) & (torch.as_tensor(p) < 1), 0.0)
+
+
+def min_p_probs(probs: torch.Tensor, min_p: torch.Tensor | float) -> torch.Tensor:
+    """Zero the probabilities in each row of `probs` (B, K) below min_p (a float, or (B, 1)) times the row's
+    largest: the cut follows the model's confidence (0 = keep all)."""
+    return probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+
+
+def penalize(values: torch.Tensor, ids: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """Logits `values` (B, K) of token `ids` (B, K), those already in the story (`seen` (B, vocab) bool) made
+    less likely by `penalty` (B, 1) >= 1, as CTRL does: a positive logit divided by it, a negative one multiplied
+    (penalty 1: unchanged)."""
+    hit = seen.gather(1, ids)
+    return torch.where(hit, torch.where(values > 0, values / penalty, values * penalty), values)
 
 
 def sample_index(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -99,11 +119,12 @@ def sample_index(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def sample_candidates(values: torch.Tensor, settings: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The index of the chosen candidate per stream (B,), from candidate logits `values` (B, K): in descending
     order when top-k or top-p apply (else any order). Temperature 0 picks the first; top_k 0 keeps every
-    candidate. Static shapes and tensor settings (B, 3), so the same code runs eagerly and in a compiled step."""
-    temperature, top_k, top_p = settings[:, :, None].unbind(1)  # each (B, 1)
+    candidate; then min-p, then top-p. Static shapes and tensor settings (B, 5) (see `settings_tensor`), so the
+    same code runs eagerly and in a compiled step."""
+    temperature, top_k, top_p, min_p = settings[:, :4, None].unbind(1)  # each (B, 1)
     rank = torch.arange(values.size(-1), device=values.device)
     scaled = (values / temperature.clamp(min=1e-6)).masked_fill((top_k > 0) & (rank >= top_k), float("-inf"))
-    probs = top_p_probs(scaled.softmax(-1), top_p)
+    probs = top_p_probs(min_p_probs(scaled.softmax(-1), min_p), top_p)
     return torch.where(temperature[:, 0] == 0, 0, sample_index(probs, u))
 
 
@@ -125,26 +146,34 @@ def unpack_row(row: list[float], n_alternatives: int) -> tuple[int, float, tuple
     return int(row[TOKEN]), row[PROB], tuple(alternatives)
 
 
-def pick_top(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u: torch.Tensor
-             ) -> torch.Tensor:
+def pick_top(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, settings: torch.Tensor, u: torch.Tensor,
+             seen: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy or top-k (1..TOP_K_MAX) sampling from the TOP_K_MAX largest logits per stream, descending, and
     their ids (B, K), described (see `describe`); `lse` (B,) is the logsumexp of all of them. One top-k serves
-    the candidates and the alternatives: over 50k logits it is the costliest op here."""
-    return describe(values, ids, sample_candidates(values, settings, u), lse, values, ids)
+    the candidates and the alternatives: over 50k logits it is the costliest op here. With `seen` (B, vocab),
+    the repetition penalty re-ranks the candidates (a stable sort: penalty 1 keeps their order)."""
+    if seen is None:
+        return describe(values, ids, sample_candidates(values, settings, u), lse, values, ids)
+    scores, order = penalize(values, ids, seen, settings[:, 4:5]).sort(dim=-1, descending=True, stable=True)
+    j = sample_candidates(scores, settings, u)
+    return describe(values.gather(1, order), ids.gather(1, order), j, lse, values, ids)
 
 
-def choose_token(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor, lse: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+def choose_token(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor, lse: torch.Tensor | None = None,
+                 seen: torch.Tensor | None = None) -> torch.Tensor:
     """Next tokens from last-position logits (B, vocab), all with the same `params`, drawn with uniforms u (B,),
-    described (see `describe`). `lse`: logits.logsumexp(-1) if the caller has it."""
+    described (see `describe`). `lse`: logits.logsumexp(-1) if the caller has it; `seen` (B, vocab) bool: the
+    tokens of each story so far, for the repetition penalty."""
     lse = logits.logsumexp(-1) if lse is None else lse
     settings = settings_tensor([params] * logits.size(0), logits.device)
     if params.greedy or params.top_k:
         top = torch.topk(logits, min(TOP_K_MAX, logits.size(-1)))
-        return pick_top(top.values, top.indices, lse, settings, u)
+        return pick_top(top.values, top.indices, lse, settings, u, seen)
+    ids = torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
+    scores = logits if seen is None else penalize(logits, ids, seen, settings[:, 4:5])
+    values = logits
     if params.top_p < 1.0:  # the nucleus over the whole vocabulary needs it sorted
-        values, ids = torch.sort(logits, descending=True)
-    else:
-        values, ids = logits, torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
+        scores, ids = torch.sort(scores, descending=True, stable=True)
+        values = logits.gather(1, ids)
     top = torch.topk(logits, min(ALT_MAX, logits.size(-1)))
-    return describe(values, ids, sample_candidates(values, settings, u), lse, top.values, top.indices)
+    return describe(values, ids, sample_candidates(scores, settings, u), lse, top.values, top.indices)

@@ -69,8 +69,10 @@ async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams,
 
 def make_generate(registry: ModelRegistry):
     async def generate_story(prompt: str, temperature: float, top_k: int, top_p: float, max_new_tokens: int,
-                             seed: float | None) -> AsyncIterator[tuple]:
-        params, loaded = checked_params(temperature, top_k, top_p, max_new_tokens, seed), registry.served
+                             seed: float | None, min_p: float | None = None, repetition_penalty: float | None = None
+                             ) -> AsyncIterator[tuple]:
+        params = checked_params(temperature, top_k, top_p, max_new_tokens, seed, min_p, repetition_penalty)
+        loaded = registry.served
         if loaded is None:
             raise gr.Error("No model is loaded. " + HOW_TO_GET_A_MODEL.split("\n", 2)[-1], print_exception=False)
         async for snap in story_stream(loaded, prompt, params, registry.labels()[0]):
@@ -105,14 +107,17 @@ async def side_by_side(a: AsyncIterator[StorySnapshot], b: AsyncIterator[StorySn
 def make_compare(registry: ModelRegistry):
     async def compare(prompt: str, seed: float | None, max_new_tokens: int, model_a: str, temperature_a: float,
                       top_k_a: int, top_p_a: float, model_b: str, temperature_b: float, top_k_b: int,
-                      top_p_b: float) -> AsyncIterator[tuple]:
+                      top_p_b: float, min_p_a: float | None = None, repetition_penalty_a: float | None = None,
+                      min_p_b: float | None = None, repetition_penalty_b: float | None = None
+                      ) -> AsyncIterator[tuple]:
         try:
             seed = resolve_seed(request_seed(seed))  # one seed for both sides
         except ValueError as e:
             raise gr.Error(str(e), print_exception=False) from None
         sides = []
-        for label, t, k, p in ((model_a, temperature_a, top_k_a, top_p_a), (model_b, temperature_b, top_k_b, top_p_b)):
-            params = checked_params(t, k, p, max_new_tokens, seed)
+        for label, t, k, p, m, r in ((model_a, temperature_a, top_k_a, top_p_a, min_p_a, repetition_penalty_a),
+                                     (model_b, temperature_b, top_k_b, top_p_b, min_p_b, repetition_penalty_b)):
+            params = checked_params(t, k, p, max_new_tokens, seed, m, r)
             if label not in registry.models:
                 raise gr.Error(f"model must be one of {registry.labels()}, got {label!r}", print_exception=False)
             sides.append((label, params))
@@ -204,8 +209,10 @@ def story_tab(registry: ModelRegistry) -> gr.Button:
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
             with gr.Accordion("Sampling settings", open=True):
-                inputs = [prompt, slider("temperature", elem_id="temperature"), slider("top_k"), slider("top_p"),
-                          slider("max_new_tokens", elem_id="max-new"), seed_box(elem_id="seed")]
+                shaping = [slider("temperature", elem_id="temperature"), slider("top_k"), slider("top_p")]
+                later = [slider("min_p", elem_id="min-p"), slider("repetition_penalty", elem_id="penalty")]
+                inputs = [prompt, *shaping, slider("max_new_tokens", elem_id="max-new"), seed_box(elem_id="seed"),
+                          *later]  # the API's order: the two added last, so older calls keep working
             with gr.Row():
                 go, stop = run_buttons("Generate")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
@@ -224,7 +231,7 @@ def compare_tab(registry: ModelRegistry) -> None:
     with gr.Row(equal_height=True):  # the shared settings and the buttons above both sides
         seed, max_new = seed_box(), slider("max_new_tokens", value=120, elem_id="compare-max-new")
         go, stop = run_buttons("Compare", "-compare")
-    sides, panels, views = [], [], []
+    sides, later, panels, views = [], [], [], []
     with gr.Row():  # side by side on a wide screen; below 2 x 320 px the columns wrap, each story under its settings
         for side in ("a", "b"):
             with gr.Column(min_width=320, elem_id=f"side-{side}"):
@@ -233,10 +240,13 @@ def compare_tab(registry: ModelRegistry) -> None:
                 with gr.Row():
                     sides += [model, slider("temperature", elem_id=f"temperature-{side}",
                                             value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
+                with gr.Row():
+                    later += [slider("min_p", elem_id=f"min-p-{side}"),
+                              slider("repetition_penalty", elem_id=f"penalty-{side}")]
                 story, stats, snapshot, thinking, _ = token_panel(registry, f"-{side}")
                 panels += [story, stats, snapshot]
                 views.append((snapshot, thinking))
-    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides], panels, "compare", views)
+    wire(go, stop, make_compare(registry), [prompt, seed, max_new, *sides, *later], panels, "compare", views)
 
 
 def build_demo(registry: ModelRegistry) -> gr.Blocks:

@@ -85,8 +85,10 @@ def request_seed(seed: object) -> int | None:
     return int(seed)
 
 
-def request_params(temperature: object, top_k: object, top_p: object, max_new_tokens: object,
-                   seed: object) -> SamplingParams:
-    """The page's (or the API's) raw values as SamplingParams; ValueError naming the first bad one."""
+def request_params(temperature: object, top_k: object, top_p: object, max_new_tokens: object, seed: object,
+                   min_p: object = None, repetition_penalty: object = None) -> SamplingParams:
+    """The page's (or the API's) raw values as SamplingParams; ValueError naming the first bad one. min_p and
+    repetition_penalty left out (None: an API call from before they existed) take their defaults."""
+    extra = {k: v for k, v in (("min_p", min_p), ("repetition_penalty", repetition_penalty)) if v is not None}
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=request_seed(seed))
+                          seed=request_seed(seed), **extra)

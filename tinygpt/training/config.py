@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from tinygpt.model.gpt import GPTConfig
 from tinygpt.training.budget import parse_duration
+from tinygpt.training.optim import OPTIMIZERS
+from tinygpt.training.schedule import SCHEDULES
 
 
 def _f(default, help: str, **extra):
@@ -25,13 +27,22 @@ class TrainConfig:
     batch_size: int = _f(64, "sequences per micro-batch (per GPU)")
     tokens_per_step: int = _f(65536, "tokens per optimizer step; gradient accumulation makes up the rest")
     learning_rate: float = _f(1e-3, "peak learning rate after warmup")
-    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay (<= learning_rate)")
+    min_lr: float = _f(1e-4, "learning rate at the end of the decay (<= learning_rate)")
     warmup_iters: int = _f(200, "linear warmup steps")
-    lr_decay_iters: int = _f(0, "steps over which the cosine decays to min_lr (0 = max_iters)")
+    lr_decay_iters: int = _f(0, "steps over which the learning rate decays to min_lr (0 = max_iters)")
+    schedule: str = _f("cosine", "after warmup: cosine decay, or wsd (the peak held, then a linear cooldown)",
+                       choices=list(SCHEDULES))
+    cooldown_frac: float = _f(0.4, "wsd: the share of the steps the cooldown takes (under --time-budget, of the "
+                                   "steps as re-planned)")
+    optimizer: str = _f("adamw", "adamw, or muon (Muon on the hidden matrices, AdamW on the rest)",
+                        choices=list(OPTIMIZERS))
+    muon_lr: float = _f(0.0, "Muon's peak learning rate, RMS-matched to AdamW's (0 = --learning-rate)")
     weight_decay: float = _f(0.1, "AdamW weight decay, applied to weight matrices only")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    ema: float = _f(0.0, "evaluate and save as best/ an exponential moving average of the weights with this "
+                         "decay per step (0 = off; e.g. 0.998)")
     device: str = _f("auto", "cuda, cuda:N, mps, cpu or auto (CUDA, then MPS, then CPU)")
     dtype: str = _f("auto", "autocast dtype: float32, bfloat16, float16 or auto",
                     choices=["auto", "float32", "bfloat16", "float16"])
@@ -53,6 +64,15 @@ class TrainConfig:
             raise ValueError(f"--min-lr ({self.min_lr}) must be between 0 and --learning-rate ({self.learning_rate})")
         if self.time_budget:
             parse_duration(self.time_budget)  # ValueError names the flag and the format
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 < self.cooldown_frac <= 1.0:
+            raise ValueError(f"--cooldown-frac must be in (0, 1], got {self.cooldown_frac}")
+        if self.muon_lr < 0:
+            raise ValueError(f"--muon-lr must be >= 0 (0 = --learning-rate), got {self.muon_lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be 0 (off) or a decay below 1 like 0.998, got {self.ema}")
         if self.warmup_iters < 0:
             raise ValueError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
 

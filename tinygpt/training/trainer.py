@@ -30,8 +30,9 @@ from tinygpt.training.distributed import DistInfo, any_across, from_main, init_d
 from tinygpt.training.evaluate import Evaluator
 from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.training.metrics import mfu as model_flops_utilization
-from tinygpt.training.optim import make_optimizer
-from tinygpt.training.schedule import lr_at
+from tinygpt.training.ema import EMA
+from tinygpt.training.optim import make_optimizers
+from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
 
@@ -56,11 +57,13 @@ class Trainer:
         self._set_up_cuda()
         self.out_dir = Path(config.out_dir)
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
+        self.cooldown: tuple[int, float] | None = None  # wsd, once begun: (from step, from rate) (see lr)
         self.max_iters = config.max_iters  # a time budget replaces it with what fits
         self.model = self._model(model_config)
         self.model_config = self.model.config
-        self.optimizer = make_optimizer(self.model, config.weight_decay, config.learning_rate,
-                                        (config.beta1, config.beta2), self.device.type)
+        self.optimizer = make_optimizers(self.model, config.optimizer, config.weight_decay, config.learning_rate,
+                                         (config.beta1, config.beta2), self.device.type, config.muon_lr)
+        self.ema = EMA(self.model, config.ema) if config.ema else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         if config.resume:
             self._restore(self.out_dir / "last")
@@ -69,7 +72,7 @@ class Trainer:
         wrapped = DDP(self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None) \
             if self.dist.enabled else self.model
         self.train_model = torch.compile(wrapped) if config.compile else wrapped
-        self.evaluator = Evaluator(self.model, {"train": self.train_data, "val": self.val_data}, config.eval_iters,
+        self.evaluator = Evaluator(self.evaluated, {"train": self.train_data, "val": self.val_data}, config.eval_iters,
                                    config.batch_size, self.device, self.dtype)
         self.metrics = MetricsLog(self.out_dir, self.step if config.resume else None) if self.dist.is_main else None
         self.stop = StopRequest()
@@ -101,15 +104,33 @@ class Trainer:
         torch.manual_seed(c.seed)
         return GPT(model_config, None if kept is None else torch.from_numpy(kept)).to(self.device)
 
+    @property
+    def evaluated(self) -> GPT:
+        """The weights evaluated and saved as best/: the average with --ema, else the trained ones."""
+        return self.ema.model if self.ema else self.model
+
     def _restore(self, last: Path) -> None:
-        progress = load_training_state(last, self.optimizer, self.scaler)
+        progress = load_training_state(last, self.optimizer, self.scaler, self.ema)
         self.step, self.tokens_seen = progress["step"], progress["tokens_seen"]
         self.best_val = progress.get("best_val", math.inf)
+        self.cooldown = tuple(progress["cooldown"]) if progress.get("cooldown") else None
         log.info("resuming from %s at step %d (%d tokens seen)", last, self.step, self.tokens_seen)
 
     def lr(self, step: int) -> float:
         c = self.config
-        return lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters or self.max_iters)
+        total = c.lr_decay_iters or self.max_iters
+        if c.schedule == "cosine":
+            return lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, total)
+        start, start_lr = self.cooldown or (cooldown_start(total, c.cooldown_frac, c.warmup_iters), None)
+        return wsd_lr_at(step, c.learning_rate, c.min_lr, c.warmup_iters, total, start, start_lr)
+
+    def _begin_cooldown(self) -> None:
+        """A wsd cooldown begins at the first step the plan in force says it should (from the peak)."""
+        c = self.config
+        start = cooldown_start(c.lr_decay_iters or self.max_iters, c.cooldown_frac, c.warmup_iters)
+        if c.schedule == "wsd" and self.cooldown is None and self.step >= start:
+            self.cooldown = (self.step, c.learning_rate)
+            log.info("cooldown from step %d of %d", self.step, self.max_iters)
 
     def batch_starts(self, step: int) -> np.ndarray:
         """Window starts of the whole global batch of `step`: the same whatever the number of processes."""
@@ -123,11 +144,11 @@ class Trainer:
         B, world, rank = self.config.batch_size, self.dist.world_size, self.dist.rank
         torch.manual_seed(int(np.random.SeedSequence([self.config.seed, rank, self.step]).generate_state(1)[0]))
         starts, total = self.batch_starts(self.step), torch.zeros((), device=self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(self.step)
+        self._begin_cooldown()
+        self.optimizer.set_lr(self.lr(self.step))
         for micro in range(self.accum):
             if self.stop.requested and not self.dist.enabled:  # DDP ranks must agree: they stop between steps
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 return None
             x, y = self.train_data.windows(starts[(micro * world + rank) * B:][:B], self.device)  # every world-th
             last = micro == self.accum - 1
@@ -138,21 +159,27 @@ class Trainer:
                 self.scaler.scale(loss / self.accum).backward()
             total += loss.detach() / self.accum
         if self.config.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
+            self.optimizer.unscale(self.scaler)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
+        self.optimizer.step(self.scaler)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model, self.step)
         return float(mean_across(total, self.dist))
 
     def save(self, name: str, val_loss: float | None, **extra) -> None:
         meta = dict(step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss, **extra,
                     train_config=dataclasses.asdict(self.config))
+        if self.ema:
+            meta["ema_decay"] = self.config.ema  # val_loss is the average's
         if name == "best":
-            save_checkpoint(self.model, self.out_dir / name, **meta)
+            save_checkpoint(self.evaluated, self.out_dir / name, **meta)
             return
-        progress = dict(step=self.step, tokens_seen=self.tokens_seen, best_val=self.best_val)
-        save_training_checkpoint(self.out_dir / name, self.model, self.optimizer, self.scaler, progress, **meta)
+        progress = dict(step=self.step, tokens_seen=self.tokens_seen, best_val=self.best_val,
+                        cooldown=self.cooldown)
+        save_training_checkpoint(self.out_dir / name, self.model, self.optimizer, self.scaler, progress,
+                                 self.ema, **meta)
 
     def checkpoint_and_log(self, rate: float, final: bool = False) -> dict:
         """Evaluate, log a metrics record and a sample, save best/ and last/ (rank 0 only). The final one
@@ -246,7 +273,9 @@ class Trainer:
         eval_tokens = 2 * c.eval_iters * c.batch_size * self.model_config.block_size
         last = self.budget.plan(self.step, step_seconds, c.eval_interval, eval_tokens, self.step_tokens,
                                 len(self.val_data))
+        reached = (self.step, self.lr(self.step - 1)) if self.cooldown else None
         self.max_iters = max(self.step + 1, from_main(last, self.dist, self.device))
+        self.cooldown = reached  # a cooldown under way goes on down from where it is to the new end
         bar.total = self.max_iters
         bar.refresh()
         log.info("time budget: %.2f s per step, %d steps in all (%s left)", step_seconds, self.max_iters,
