@@ -1,8 +1,8 @@
 """The CPU recipe search: train candidate shapes for the same wall-clock budget and compare validation loss.
 
-    python bench/cpu_recipe.py --budget 10m [--only 4x256 6x256]    # screen
-    python bench/cpu_recipe.py --budget 60m --only 6x256            # confirm the best
-    python bench/cpu_recipe.py --table                               # print every result so far
+    python bench/cpu_recipe.py --budget 15m --only 4x256-adamw-cosine 4x256-muon-wsd   # screen
+    python bench/cpu_recipe.py --budget 60m --only preset                              # confirm --preset cpu
+    python bench/cpu_recipe.py --table                                                 # every result so far
 
 Each candidate is a real `train.py --preset cpu --time-budget B` run with its own flags, one after another (they
 would fight over the cores), on prepare_data.py's memmaps of ../shared/data/tinystories (train.txt / valid.txt).
@@ -26,30 +26,28 @@ RESULTS = ROOT / "bench" / "results" / "cpu_recipe.jsonl"
 SHAPES = {"4x256": ["--n-layer", "4", "--n-embd", "256", "--n-head", "4"],
           "6x256": ["--n-layer", "6", "--n-embd", "256", "--n-head", "4"],
           "4x384": ["--n-layer", "4", "--n-embd", "384", "--n-head", "6"]}
-MUON = ["--optimizer", "muon"]
-WSD = ["--schedule", "wsd", "--cooldown-frac", "0.4"]
+# Candidates pin everything they screen, so each means the same whatever --preset cpu is now.
+OLD = ["--optimizer", "adamw", "--schedule", "cosine", "--weight-decay", "0.1", "--dropout", "0.0", "--ema", "0"]
+MUON_WSD = ["--optimizer", "muon", "--schedule", "wsd", "--cooldown-frac", "0.4"]
+PLAIN, REG = ["--weight-decay", "0.1", "--dropout", "0.0"], ["--weight-decay", "0.5", "--dropout", "0.1"]
 CANDIDATES = {  # name: flags on top of --preset cpu
-    "2x128": ["--n-layer", "2", "--n-embd", "128", "--n-head", "2", "--learning-rate", "3e-3"],
-    "4x256-adamw-cosine": [*SHAPES["4x256"], "--optimizer", "adamw", "--schedule", "cosine", "--ema", "0"],
-    "4x256-lr3e-3": [*SHAPES["4x256"], "--learning-rate", "3e-3", "--min-lr", "3e-4"],
-    "6x256": SHAPES["6x256"],
-    "8x256": ["--n-layer", "8", "--n-embd", "256", "--n-head", "4"],
-    "4x384": [*SHAPES["4x384"], "--learning-rate", "1.5e-3"],
-    "6x384": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1.5e-3"],
-    "6x384-d0.1": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1.5e-3",
-                   "--dropout", "0.1"],
-    "reference-full-head": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1e-3",
-                            "--dropout", "0.1", "--no-data-vocab"],
-    # the optimizer and schedule screen (issue 24): Muon on the hidden matrices, warmup-stable-decay, averaging
-    "4x256-muon-cosine": [*SHAPES["4x256"], *MUON, "--schedule", "cosine", "--ema", "0"],
-    "4x256-muon-wsd": [*SHAPES["4x256"], *MUON, *WSD, "--ema", "0"],
-    "4x256-muon-wsd-ema": [*SHAPES["4x256"], *MUON, *WSD, "--ema", "0.998"],
-    "4x256-muon-wsd-lr4e-3": [*SHAPES["4x256"], *MUON, *WSD, "--learning-rate", "4e-3", "--min-lr", "2e-4",
-                              "--ema", "0"],
-    "4x256-muon-wsd-wd0.5": [*SHAPES["4x256"], *MUON, *WSD, "--weight-decay", "0.5", "--ema", "0"],
-    "6x256-muon-wsd": [*SHAPES["6x256"], *MUON, *WSD, "--ema", "0"],
-    "4x384-muon-wsd": [*SHAPES["4x384"], *MUON, *WSD, "--learning-rate", "1.5e-3", "--min-lr", "1.5e-4",
-                       "--ema", "0"],
+    # the shape screen of 2026-11-24, on the recipe before issue 24 (AdamW, cosine)
+    "2x128": ["--n-layer", "2", "--n-embd", "128", "--n-head", "2", "--learning-rate", "3e-3", *OLD],
+    "4x256-adamw-cosine": [*SHAPES["4x256"], *OLD],  # the baseline: --preset cpu before issue 24
+    "4x256-lr3e-3": [*SHAPES["4x256"], "--learning-rate", "3e-3", "--min-lr", "3e-4", *OLD],
+    "6x256": [*SHAPES["6x256"], *OLD],
+    "4x384": [*SHAPES["4x384"], "--learning-rate", "1.5e-3", *OLD],
+    "6x384": ["--n-layer", "6", "--n-embd", "384", "--n-head", "6", "--learning-rate", "1.5e-3", *OLD],
+    # issue 24: Muon on the hidden matrices, warmup-stable-decay; regularization for ~11 passes; averaging
+    "4x256-muon-wsd": [*SHAPES["4x256"], *MUON_WSD, *PLAIN, "--ema", "0"],
+    "4x256-muon-wsd-lr4e-3": [*SHAPES["4x256"], *MUON_WSD, *PLAIN, "--learning-rate", "4e-3", "--ema", "0"],
+    "4x256-muon-wsd-wd0.5": [*SHAPES["4x256"], *MUON_WSD, "--weight-decay", "0.5", "--dropout", "0.0",
+                             "--ema", "0"],
+    "4x256-muon-wsd-wd0.5-d0.1": [*SHAPES["4x256"], *MUON_WSD, *REG, "--ema", "0"],
+    "4x256-muon-wsd-wd1-d0.1": [*SHAPES["4x256"], *MUON_WSD, "--weight-decay", "1.0", "--dropout", "0.1",
+                                "--ema", "0"],
+    "6x256-muon-wsd-wd0.5-d0.1": [*SHAPES["6x256"], *MUON_WSD, *REG, "--ema", "0"],
+    "preset": [],  # --preset cpu as it is now (4x256-muon-wsd-wd0.5 with --ema 0.998)
 }
 TARGETS = (2.4, 2.3, 2.228)  # val losses to time: the issue's milestones and the shipped model's best
 

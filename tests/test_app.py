@@ -391,6 +391,23 @@ def test_compare_api_gives_two_stories_for_one_seed(client, checkpoint):
             timeout=60)
 
 
+
+def test_min_p_and_penalty_reach_the_sampler_through_both_apis(client, checkpoint):
+    """Catches the two settings added last being dropped, swapped or checked by no one on their way from the
+    API to SamplingParams (older calls, without them, keep the defaults: the tests above)."""
+    greedy = ("Once upon a time", 0.0, 50, 1.0, 40, 1)
+    plain = client.predict(*greedy, api_name="/generate")[0]
+    assert client.predict(*greedy, 0.0, 1.0, api_name="/generate")[0] == plain  # the defaults, sent
+    assert client.predict(*greedy, 0.0, 2.0, api_name="/generate")[0] != plain  # the penalty changes the story
+    with pytest.raises(Exception, match=re.escape("min_p must be a number in [0.0, 0.5]")):
+        client.predict(*greedy, 0.9, 1.0, api_name="/generate")
+    with pytest.raises(Exception, match=re.escape("repetition_penalty must be a number in [1.0, 2.0]")):
+        client.predict(*greedy, 0.0, 0.5, api_name="/generate")
+    second = str(checkpoint.parent / "second")
+    sides = ("Once upon a time", 7, 40, second, 0.0, 50, 1.0, second, 0.0, 50, 1.0)
+    final = client.predict(*sides, 0.0, 1.0, 0.0, 2.0, api_name="/compare")  # min-p, penalty: A, then B
+    assert final[0] != final[2] and final[0] == client.predict(*sides, api_name="/compare")[0]
+
 # NaN: gradio_client refuses to send it (not valid JSON) at once; other clients' NaN reaches SamplingParams.
 BAD_VALUES = [("temperature", "hot", "temperature must be a number"),
               ("temperature", float("nan"), "Out of range float values are not JSON compliant"),

@@ -35,7 +35,7 @@ def test_ship_records_the_loss_of_what_loading_gives(token_data, tmp_path):
     torch.manual_seed(0)
     trained = save_checkpoint(GPT(TINY), tmp_path / "best", step=3, val_loss=9.0)
     out = tmp_path / "story-model"
-    info = ship(trained, token_data / "val.bin", recipe="a test recipe", out=out)
+    info = ship(trained, token_data / "val.bin", recipe="a test recipe", out=out, stories=3)
     packed, saved = load_checkpoint(out)
     # scored independently: the full logits and F.cross_entropy, not the chunked loss ship() scores with
     total = count = 0
@@ -46,6 +46,13 @@ def test_ship_records_the_loss_of_what_loading_gives(token_data, tmp_path):
             count += int((y >= 0).sum())
     assert saved["metadata"]["shipped_val_loss"] == pytest.approx(total / count, abs=1e-4)
     assert saved["metadata"]["recipe"] == "a test recipe" and saved["metadata"]["step"] == 3
+    quality = saved["metadata"]["story_quality"]  # what the card and the page show of its stories
+    assert quality["stories"] == 3 and {"repeated 4-grams", "distinct-2", "ended", "name kept"} <= set(quality)
+    from tinygpt.playground.views import story_figures
+    from tinygpt.sharing.model_card import quality_line
+    assert f"distinct word pairs {quality['distinct-2']:.0%}" in story_figures(quality)
+    assert f"repeated 4-grams {quality['repeated 4-grams']}" in quality_line(quality)
+    assert "not measured" in quality_line(None)
     assert (out / "model.safetensors").stat().st_size < info["size_bytes"] <= 10_000_000
 
 
@@ -55,10 +62,10 @@ def test_ship_refuses_an_oversized_model_and_keeps_the_old_one(token_data, tmp_p
     torch.manual_seed(0)
     trained = save_checkpoint(GPT(TINY), tmp_path / "best", step=3)
     out = tmp_path / "story-model"
-    ship(trained, token_data / "val.bin", recipe="first", out=out)
+    ship(trained, token_data / "val.bin", recipe="first", out=out, stories=1)
     monkeypatch.setattr(ship_mod, "MAX_BYTES", 1000)
     with pytest.raises(ValueError, match="over the .* Git LFS"):
-        ship(trained, token_data / "val.bin", recipe="second", out=out)
+        ship(trained, token_data / "val.bin", recipe="second", out=out, stories=1)
     assert json.loads((out / "config.json").read_text())["metadata"]["recipe"] == "first"
 
 

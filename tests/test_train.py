@@ -32,6 +32,8 @@ def test_tiny_run_learns_and_writes_everything(token_data, tmp_path):
     assert [r["step"] for r in records] == [20, 40, 60]
     assert records[-1]["val_loss"] < 4.0  # from log(50257) = 10.8 untrained
     assert records[-1]["val_loss"] < records[0]["val_loss"]
+    quality = records[-1]["sample_quality"]  # the sample's headline figures ("Once upon a time" names no one)
+    assert set(quality) == {"repeated 4-grams", "distinct-2", "ended"} and 0 < quality["distinct-2"] <= 1
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("best", "last"):
         model, info = load_checkpoint(tmp_path / name)

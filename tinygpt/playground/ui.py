@@ -12,14 +12,13 @@ from tinygpt.inference.batching import QueueFull
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot, astream_story
 from tinygpt.playground import inside
+from tinygpt.inference.quality import BEGINNINGS
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,
                                       stats_line, token_view)
 
-EXAMPLES = ["Once upon a time, there was a little girl named Lily.", "Tom and his dog went to the park.",
-            "One day, a small bird found a shiny key.", "The sun was hot, so Mia wanted ice cream.",
-            "Ben had a red ball. He"]
+EXAMPLES = list(BEGINNINGS)  # the beginnings the story-quality report scores too
 # Page updates: each takes CPU on Gradio's event loop that the model needs (bench/serve.py measures the cost).
 UPDATE_INTERVAL_S = 1 / 10  # at most 10 a second per story still looks live
 WARMING_POLL_S = 3  # how often an open page asks whether warming up has ended
@@ -240,7 +239,8 @@ def compare_tab(registry: ModelRegistry) -> None:
                 with gr.Row():
                     sides += [model, slider("temperature", elem_id=f"temperature-{side}",
                                             value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
-                with gr.Row():
+                # closed, so on a desktop both stories and the buttons fit one screen (tests/test_app.py)
+                with gr.Accordion("More settings", open=False, elem_id=f"more-{side}"), gr.Row():
                     later += [slider("min_p", elem_id=f"min-p-{side}"),
                               slider("repetition_penalty", elem_id=f"penalty-{side}")]
                 story, stats, snapshot, thinking, _ = token_panel(registry, f"-{side}")

@@ -25,6 +25,7 @@ A {params:.1f}M-parameter GPT-2-style language model trained from scratch on
 | training tokens | {tokens} |
 | step | {step} |
 | final validation loss | {val_loss} |
+| its stories | {quality} |
 
 ## Training settings
 
@@ -76,6 +77,14 @@ def sample_story(model, seed: int = 0) -> str:
     return (prompt + "".join(t.text for t in tokens)).replace("\n", " ").strip()
 
 
+def quality_line(quality: dict | None) -> str:
+    """The story-quality record `ship` writes, as one table cell (or how to measure it)."""
+    if not quality:
+        return "not measured (`python bench/story_quality.py CKPT`)"
+    figures = ", ".join(f"{k} {v}" for k, v in quality.items() if k not in ("stories", "max_new_tokens", "settings"))
+    return f"{figures} ({quality['stories']} stories of up to {quality['max_new_tokens']} tokens, {quality['settings']})"
+
+
 def render_model_card(checkpoint: str | Path, repo_id: str, has_loss_png: bool = False) -> str:
     """README.md text: YAML metadata (license, datasets, tags, library) and the model's facts."""
     from huggingface_hub import ModelCardData
@@ -94,5 +103,5 @@ def render_model_card(checkpoint: str | Path, repo_id: str, has_loss_png: bool =
         val_loss=f"{val:.4f}" if val is not None else "unknown",
         train_config=json.dumps(meta.get("train_config", {}), indent=2),
         loss_picture="![Training and validation loss](loss.png)" if has_loss_png else "",
-        sample=sample_story(model))
+        sample=sample_story(model), quality=quality_line(meta.get("story_quality")))
     return f"---\n{data.to_yaml()}\n---\n{body}"

@@ -12,9 +12,14 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.sources import DataError
 from tinygpt.fileio import atomic_dir
+from tinygpt.inference.engine import Engine
+from tinygpt.inference.quality import HEADLINE, MAX_NEW, report, write_stories
+from tinygpt.inference.quantize import default_precision, for_serving
 from tinygpt.model.checkpoint import (CONFIG, SHIPPED_MODEL, WEIGHTS, CheckpointError, find_loss_curve,
                                       load_checkpoint, write_checkpoint)
 from tinygpt.training.evaluate import loss_over_all
@@ -23,8 +28,10 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 10_000_000
 
 
-def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = SHIPPED_MODEL) -> dict:
-    """Pack `checkpoint` into `out` and return its config.json (with `shipped_val_loss`)."""
+def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = SHIPPED_MODEL, stories: int = 20
+         ) -> dict:
+    """Pack `checkpoint` into `out` and return its config.json (with `shipped_val_loss`, and `story_quality`:
+    the headline figures of `stories` stories at the playground's settings, as the page serves it)."""
     model, info = load_checkpoint(checkpoint)
     meta = {**info.get("metadata", {}), "recipe": recipe}
     with atomic_dir(out) as tmp:  # a failure leaves the model shipped before in place
@@ -39,10 +46,19 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
         data = TokenDataset(val_bin, packed.config.block_size)
         packed_info["metadata"]["shipped_val_loss"] = round(loss_over_all(packed, data), 4)
         packed_info["metadata"]["shipped_val_tokens"] = len(data) - 1
+        packed_info["metadata"]["story_quality"] = story_figures(packed, stories)
         packed_info["size_bytes"] = size
         (tmp / CONFIG).write_text(json.dumps(packed_info, indent=2) + "\n", encoding="utf-8")
     log.info("shipped %s: %.2f MB, val loss %.4f", out, size / 1e6, packed_info["metadata"]["shipped_val_loss"])
     return packed_info
+
+
+def story_figures(model, stories: int) -> dict:
+    """The headline story-quality figures (tinygpt.inference.quality) of `stories` stories, as served."""
+    served = for_serving(model, default_precision(torch.device("cpu"), model.config), build_kernels=False)
+    figures = report(write_stories(Engine(served), stories))
+    return {"stories": stories, "max_new_tokens": MAX_NEW, "settings": "the playground's defaults",
+            **{k: round(figures[k], 3) for k in HEADLINE if k in figures}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import torch
 
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.inference.quality import HEADLINE, report
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.gpt import GPT
@@ -41,14 +42,18 @@ class Evaluator:
         """Mean loss over every token of the validation set: the figure to compare runs by."""
         return loss_over_all(self.model, self.val_data, self.batch_size, self.dtype)
 
-    def sample(self, prompt: str, tokens: int, seed: int) -> str:
-        """A story at the playground's default settings ('' for tokens=0)."""
+    def sample(self, prompt: str, tokens: int, seed: int) -> tuple[str, dict[str, float]]:
+        """A story at the playground's default settings and its headline figures (tinygpt.inference.quality);
+        ('', {}) for tokens=0."""
         if tokens <= 0:
-            return ""
-        params = SamplingParams(max_new_tokens=tokens, seed=seed)
-        text = prompt + "".join(t.text for t in generate(self.model.eval(), Tokenizer(), prompt, params))
+            return "", {}
+        tok, params = Tokenizer(), SamplingParams(max_new_tokens=tokens, seed=seed)
+        pieces = list(generate(self.model.eval(), tok, prompt, params))
         self.model.train()
-        return text
+        ended = bool(pieces) and pieces[-1].id == tok.eot_id
+        text = "".join(t.text for t in (pieces[:-1] if ended else pieces))
+        figures = report([(prompt, text, ended)])
+        return prompt + text, {k: round(figures[k], 3) for k in HEADLINE if k in figures}
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.device import pick_device, pick_dtype
+from tinygpt.inference.quality import headline
 from tinygpt.model.checkpoint import save_checkpoint
 from tinygpt.model.gpt import GPT, GPTConfig
 from tinygpt.training.budget import TimeBudget, format_duration
@@ -193,11 +194,13 @@ class Trainer:
         extra = {"val_loss_all": self.evaluator.all_val()} if final else {}
         if final:
             log.info("all %d validation tokens: loss %.4f", len(self.val_data) - 1, extra["val_loss_all"])
-        self.metrics.append({**record, **extra})
         log.info("step %d: train %.4f, val %.4f, lr %.2e, %.0f tok/s%s", self.step, losses["train"],
                  losses["val"], record["lr"], rate, f", MFU {mfu:.1%}" if mfu else "")
-        if text := self.evaluator.sample(c.sample_prompt, c.sample_tokens, c.seed):
-            log.info("sample: %s", text.replace("\n", " "))
+        text, figures = self.evaluator.sample(c.sample_prompt, c.sample_tokens, c.seed)
+        if text:
+            log.info("sample (%s): %s", headline(figures), text.replace("\n", " "))
+            record["sample_quality"] = figures
+        self.metrics.append({**record, **extra})
         if losses["val"] < self.best_val:
             self.best_val = losses["val"]
             self.save("best", losses["val"], **extra)
