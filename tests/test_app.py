@@ -397,7 +397,7 @@ def test_min_p_and_penalty_reach_the_sampler_through_both_apis(client, checkpoin
     API to SamplingParams (older calls, without them, keep the defaults: the tests above)."""
     greedy = ("Once upon a time", 0.0, 50, 1.0, 40, 1)
     plain = client.predict(*greedy, api_name="/generate")[0]
-    assert client.predict(*greedy, 0.0, 1.0, api_name="/generate")[0] == plain  # the defaults, sent
+    assert client.predict(*greedy, 0.0, 1.0, api_name="/generate")[0] == plain  # min-p leaves greedy as it is
     assert client.predict(*greedy, 0.0, 2.0, api_name="/generate")[0] != plain  # the penalty changes the story
     with pytest.raises(Exception, match=re.escape("min_p must be a number in [0.0, 0.5]")):
         client.predict(*greedy, 0.9, 1.0, api_name="/generate")

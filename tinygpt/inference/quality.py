@@ -84,6 +84,16 @@ def headline(figures: dict[str, float], keys: Iterable[str] = HEADLINE) -> str:
     return ", ".join(f"{k} {figures[k]:.3f}" for k in keys if k in figures)
 
 
+PLAIN_WORDS = {"repeated 4-grams": "4-grams repeated", "distinct-2": "distinct word pairs", "ended": "ended",
+               "name kept": "still name their hero at the end"}
+
+
+def describe(record: dict) -> str:
+    """A `story_quality` record (tinygpt.sharing.ship) in words: '40 stories: 4-grams repeated 2%, ...'."""
+    figures = ", ".join(f"{words} {record[k]:.0%}" for k, words in PLAIN_WORDS.items() if k in record)
+    return f"{record['stories']} stories of up to {record['max_new_tokens']} tokens ({record['settings']}): {figures}"
+
+
 def write_stories(engine: Engine, n: int, params: SamplingParams = SamplingParams(),
                   tokenizer: Tokenizer | None = None) -> list[tuple[str, str, bool]]:
     """n stories: beginning i % 5, seed i, `params` otherwise (default: the playground's), up to MAX_NEW tokens."""

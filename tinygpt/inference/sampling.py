@@ -25,7 +25,9 @@ class SamplingParams:
     temperature: float = field(default=0.8, metadata=_limit(0.0, 2.0, 0.05, "Temperature", "0 = greedy"))
     top_k: int = field(default=50, metadata=_limit(0, 200, 1, "Top-k", "0 = off"))
     top_p: float = field(default=0.95, metadata=_limit(0.05, 1.0, 0.01, "Top-p", "1 = off"))
-    min_p: float = field(default=0.0, metadata=_limit(0.0, 0.5, 0.01, "Min-p", "0 = off; drops tokens less "
+    # defaults from bench/story_quality.py (bench/RESULTS.md): min-p 0.05 trimmed loops and made-up words and kept
+    # the hero; the penalty also pushes the hero's name away, so it is the reader's choice
+    min_p: float = field(default=0.05, metadata=_limit(0.0, 0.5, 0.01, "Min-p", "0 = off; drops tokens less "
                                                       "likely than this share of the likeliest"))
     repetition_penalty: float = field(default=1.0, metadata=_limit(1.0, 2.0, 0.05, "Repetition penalty",
                                                                    "1 = off; tokens already in the story"))

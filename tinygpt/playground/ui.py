@@ -234,15 +234,17 @@ def compare_tab(registry: ModelRegistry) -> None:
     with gr.Row():  # side by side on a wide screen; below 2 x 320 px the columns wrap, each story under its settings
         for side in ("a", "b"):
             with gr.Column(min_width=320, elem_id=f"side-{side}"):
-                model = raw(gr.Dropdown(labels, value=labels[0] if labels else None, label=f"Model {side.upper()}",
-                                        elem_id=f"model-{side}"))
+                # the model and the rarer settings share a row, so on a desktop both stories and the buttons fit one
+                # screen (tests/test_app.py); the settings open below their header
+                with gr.Row(equal_height=True):
+                    model = raw(gr.Dropdown(labels, value=labels[0] if labels else None,
+                                            label=f"Model {side.upper()}", elem_id=f"model-{side}"))
+                    with gr.Accordion("More settings", open=False, elem_id=f"more-{side}"):
+                        later += [slider("min_p", elem_id=f"min-p-{side}"),
+                                  slider("repetition_penalty", elem_id=f"penalty-{side}")]
                 with gr.Row():
                     sides += [model, slider("temperature", elem_id=f"temperature-{side}",
                                             value=0.8 if side == "a" else 1.2), slider("top_k"), slider("top_p")]
-                # closed, so on a desktop both stories and the buttons fit one screen (tests/test_app.py)
-                with gr.Accordion("More settings", open=False, elem_id=f"more-{side}"), gr.Row():
-                    later += [slider("min_p", elem_id=f"min-p-{side}"),
-                              slider("repetition_penalty", elem_id=f"penalty-{side}")]
                 story, stats, snapshot, thinking, _ = token_panel(registry, f"-{side}")
                 panels += [story, stats, snapshot]
                 views.append((snapshot, thinking))

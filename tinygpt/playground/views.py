@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from tinygpt.inference.quality import describe
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import TOP_ALTERNATIVES, StorySnapshot
 from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
@@ -30,18 +31,11 @@ def model_card(loaded: LoadedModel | None) -> str:
             ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
             ("validation loss", f"{val:.3f} nats/token" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
     if quality := meta.get("story_quality"):
-        rows.append((f"its stories ({quality['stories']} at the page's settings)", story_figures(quality)))
+        rows.append(("its stories", describe(quality)))
     if recipe := meta.get("recipe"):
         rows.append(("how it was trained", recipe))
     table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     return table + "\n\n" + TRAIN_YOUR_OWN
-
-
-def story_figures(quality: dict) -> str:
-    """'4-grams repeated 2.1%, ...' from a checkpoint's `story_quality` record (tinygpt.sharing.ship)."""
-    words = {"repeated 4-grams": "4-grams repeated", "distinct-2": "distinct word pairs", "ended": "ended",
-             "name kept": "still name their hero at the end"}
-    return ", ".join(f"{words[k]} {quality[k]:.0%}" for k in words if k in quality)
 
 
 def stats_line(snap: StorySnapshot) -> str:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.inference.quality import describe
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.checkpoint import load_checkpoint
@@ -79,10 +80,7 @@ def sample_story(model, seed: int = 0) -> str:
 
 def quality_line(quality: dict | None) -> str:
     """The story-quality record `ship` writes, as one table cell (or how to measure it)."""
-    if not quality:
-        return "not measured (`python bench/story_quality.py CKPT`)"
-    figures = ", ".join(f"{k} {v}" for k, v in quality.items() if k not in ("stories", "max_new_tokens", "settings"))
-    return f"{figures} ({quality['stories']} stories of up to {quality['max_new_tokens']} tokens, {quality['settings']})"
+    return describe(quality) if quality else "not measured (`python bench/story_quality.py CKPT`)"
 
 
 def render_model_card(checkpoint: str | Path, repo_id: str, has_loss_png: bool = False) -> str:
