@@ -46,6 +46,8 @@ CANDIDATES = {  # name: flags on top of --preset cpu
     "4x256-muon-wsd-wd0.5-d0.1": [*SHAPES["4x256"], *MUON_WSD, *REG, "--ema", "0"],
     "4x256-muon-wsd-wd1-d0.1": [*SHAPES["4x256"], *MUON_WSD, "--weight-decay", "1.0", "--dropout", "0.1",
                                 "--ema", "0"],
+    "6x256-muon-wsd-wd0.5": [*SHAPES["6x256"], *MUON_WSD, "--weight-decay", "0.5", "--dropout", "0.0",
+                             "--ema", "0"],
     "6x256-muon-wsd-wd0.5-d0.1": [*SHAPES["6x256"], *MUON_WSD, *REG, "--ema", "0"],
     "preset": [],  # --preset cpu as it is now (4x256-muon-wsd-wd0.5 with --ema 0.998)
 }

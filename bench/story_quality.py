@@ -43,9 +43,12 @@ def main() -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                        default=getattr(defaults, name), help="default: the playground's")
     args = p.parse_args()
-    params = SamplingParams(**{name: getattr(args, name) for name in SETTINGS})
+    try:
+        params = SamplingParams(**{name: getattr(args, name) for name in SETTINGS})
+        model, _ = load_checkpoint(args.checkpoint)
+    except ValueError as e:  # a setting out of its range, or a CheckpointError
+        p.error(str(e))
     known = vocabulary(args.train_text.read_text()) if args.train_text.is_file() else None
-    model, _ = load_checkpoint(args.checkpoint)
     engine = Engine(for_serving(model, default_precision(torch.device("cpu"), model.config)))
     stories = write_stories(engine, args.stories, params, Tokenizer())
     for prompt, text, ended in stories[:args.show]:

@@ -46,6 +46,7 @@ def test_ship_records_the_loss_of_what_loading_gives(token_data, tmp_path):
             count += int((y >= 0).sum())
     assert saved["metadata"]["shipped_val_loss"] == pytest.approx(total / count, abs=1e-4)
     assert saved["metadata"]["recipe"] == "a test recipe" and saved["metadata"]["step"] == 3
+    assert "directory" not in json.loads((out / "config.json").read_text())  # no temporary path recorded
     quality = saved["metadata"]["story_quality"]  # what the card and the page show of its stories
     assert quality["stories"] == 3 and {"repeated 4-grams", "distinct-2", "ended", "name kept"} <= set(quality)
     from tinygpt.sharing.model_card import quality_line

@@ -90,7 +90,7 @@ PLAIN_WORDS = {"repeated 4-grams": "4-grams repeated", "distinct-2": "distinct w
 
 def describe(record: dict) -> str:
     """A `story_quality` record (tinygpt.sharing.ship) in words: '40 stories: 4-grams repeated 2%, ...'."""
-    figures = ", ".join(f"{words} {record[k]:.0%}" for k, words in PLAIN_WORDS.items() if k in record)
+    figures = ", ".join(f"{said} {record[k]:.0%}" for k, said in PLAIN_WORDS.items() if k in record)
     return f"{record['stories']} stories of up to {record['max_new_tokens']} tokens ({record['settings']}): {figures}"
 
 

@@ -9,10 +9,10 @@ from typing import AsyncIterator
 import gradio as gr
 
 from tinygpt.inference.batching import QueueFull
+from tinygpt.inference.quality import BEGINNINGS
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot, astream_story
 from tinygpt.playground import inside
-from tinygpt.inference.quality import BEGINNINGS
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,

@@ -48,6 +48,7 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
         packed_info["metadata"]["shipped_val_tokens"] = len(data) - 1
         packed_info["metadata"]["story_quality"] = story_figures(packed, stories)
         packed_info["size_bytes"] = size
+        del packed_info["directory"]  # where load_checkpoint read it from: the temporary folder
         (tmp / CONFIG).write_text(json.dumps(packed_info, indent=2) + "\n", encoding="utf-8")
     log.info("shipped %s: %.2f MB, val loss %.4f", out, size / 1e6, packed_info["metadata"]["shipped_val_loss"])
     return packed_info
