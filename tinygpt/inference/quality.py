@@ -79,6 +79,11 @@ def report(stories: list[tuple[str, str, bool]], known: set[str] | None = None) 
     return out
 
 
+def headline_figures(figures: dict[str, float]) -> dict[str, float]:
+    """The headline figures alone, rounded: what a metrics record or a checkpoint keeps."""
+    return {k: round(figures[k], 3) for k in HEADLINE if k in figures}
+
+
 def headline(figures: dict[str, float], keys: Iterable[str] = HEADLINE) -> str:
     """'repeated 4-grams 0.021, distinct-2 0.481, ...': the figures a log line or a card shows."""
     return ", ".join(f"{k} {figures[k]:.3f}" for k in keys if k in figures)

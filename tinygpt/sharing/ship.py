@@ -18,7 +18,7 @@ from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.sources import DataError
 from tinygpt.fileio import atomic_dir
 from tinygpt.inference.engine import Engine
-from tinygpt.inference.quality import HEADLINE, MAX_NEW, report, write_stories
+from tinygpt.inference.quality import MAX_NEW, headline_figures, report, write_stories
 from tinygpt.inference.quantize import default_precision, for_serving
 from tinygpt.model.checkpoint import (CONFIG, SHIPPED_MODEL, WEIGHTS, CheckpointError, find_loss_curve,
                                       load_checkpoint, write_checkpoint)
@@ -59,7 +59,7 @@ def story_figures(model, stories: int) -> dict:
     served = for_serving(model, default_precision(torch.device("cpu"), model.config), build_kernels=False)
     figures = report(write_stories(Engine(served), stories))
     return {"stories": stories, "max_new_tokens": MAX_NEW, "settings": "the playground's defaults",
-            **{k: round(figures[k], 3) for k in HEADLINE if k in figures}}
+            **headline_figures(figures)}
 
 
 def main(argv: list[str] | None = None) -> int:

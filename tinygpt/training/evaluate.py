@@ -9,7 +9,7 @@ import torch
 
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.tokenizer import Tokenizer
-from tinygpt.inference.quality import HEADLINE, report
+from tinygpt.inference.quality import headline_figures, report
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.gpt import GPT
@@ -53,7 +53,7 @@ class Evaluator:
         ended = bool(pieces) and pieces[-1].id == tok.eot_id
         text = "".join(t.text for t in (pieces[:-1] if ended else pieces))
         figures = report([(prompt, text, ended)])
-        return prompt + text, {k: round(figures[k], 3) for k in HEADLINE if k in figures}
+        return prompt + text, headline_figures(figures)
 
 
 @torch.no_grad()
