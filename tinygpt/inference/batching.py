@@ -28,6 +28,10 @@ class QueueFull(RuntimeError):
     """Every generation slot is busy and the waiting line is full."""
 
 
+class StoryFailed(RuntimeError):
+    """A decode step failed: its stories end with this (a message for their readers); the batcher serves on."""
+
+
 class Request:
     """One stream's tokens on their way from the batching thread to whoever reads them."""
 
@@ -231,11 +235,14 @@ class Batcher:
         try:
             tokens = self.engine.advance(self.cache, [r.stream for r in self._active])
         except Exception as e:  # noqa: BLE001 - a failed step ends its streams with the error, not the server
-            log.exception("decode step failed")
-            for request in self._active:
-                request.fail(e)
+            log.exception("decode step failed over %d stories; they end with an error, the server goes on",
+                          len(self._active))
+            message = f"The model failed while writing this story ({type(e).__name__}); please press Generate again."
             with self._lock:
-                self._active.clear()
+                ended, self._active = self._active, []
+            for row, request in enumerate(ended):
+                self.cache.free_row(row)
+                request.fail(StoryFailed(message))
             return
         for request, token in zip(self._active, tokens):
             request.put(token)
@@ -250,5 +257,7 @@ class Batcher:
                     if i != last:
                         self.cache.move_row(last, i)
                         self._active[i] = self._active[last]
+                    else:
+                        self.cache.free_row(i)
                     self._active.pop()
 

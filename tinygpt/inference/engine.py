@@ -88,6 +88,10 @@ class Stream:
         return token
 
 
+class PositionError(RuntimeError):
+    """A decode step was asked to run a stream at a position outside the context (a bug: the step is not run)."""
+
+
 class Engine:
     """Generates token ids from a model; one Engine serves many streams (each with its own cache rows)."""
 
@@ -196,6 +200,7 @@ class Engine:
         self._load_stale(cache, streams)
         n, B = len(streams), self.padded_size(len(streams))
         view = cache.rows(0, B)
+        self._set_positions(view, streams)
         idx = torch.tensor([s.context[-1] for s in streams] + [self.eot_id] * (B - n), device=self.device)[:, None]
         u = torch.tensor([s.uniform() for s in streams] + [0.0] * (B - n), device=self.device)
         params, seen = [s.params for s in streams] + [PADDING] * (B - n), self._seen(streams, B)
@@ -205,9 +210,20 @@ class Engine:
             logits, lse = self._logits(idx, view)
             out = torch.cat([choose_token(logits[i:i + 1], p, u[i:i + 1], lse[i:i + 1], seen[i:i + 1])
                              for i, p in enumerate(params)])
-        if B > n:
-            view.pos[n:] = 0  # scratch rows must never run past the cache
         return [stream.accept(row) for stream, row in zip(streams, out.tolist())]  # the one read per step
+
+    def _set_positions(self, view: KVCache, streams: list[Stream]) -> None:
+        """Before a step: each row's position from its stream (its cache holds context[:-1]), the padding rows
+        past the streams at 0, checked on the host. Every row runs, padding too, and a position past the last
+        slot would index past the position table: eagerly an IndexError, but the compiled step's bounds check
+        aborts the whole server. Raises PositionError instead, before anything runs."""
+        positions = [len(s.context) - 1 for s in streams]
+        bad = [(row, pos) for row, pos in enumerate(positions) if not 0 <= pos < self.block_size]
+        if bad:
+            raise PositionError(f"cache rows at positions outside [0, {self.block_size}): "
+                                + ", ".join(f"row {row} at {pos}" for row, pos in bad))
+        positions += [0] * (view.batch_size - len(streams))
+        view.pos.copy_(torch.tensor(positions, device=self.device))
 
     def _load_stale(self, cache: KVCache, streams: list[Stream]) -> None:
         """Load every stale stream; neighbours whose contexts have the same length in one forward (streams

@@ -46,10 +46,16 @@ class KVCache(nn.Module):
         return view
 
     def move_row(self, src: int, dst: int) -> None:
-        """Copy stream `src` (its keys, values and position) into row `dst`."""
+        """Copy stream `src` (its keys, values and position) into row `dst`; `src` is then free (`free_row`)."""
         for kv in self.layers:
             kv.k[dst], kv.v[dst] = kv.k[src], kv.v[src]
         self.pos[dst] = self.pos[src]
+        self.free_row(src)
+
+    def free_row(self, row: int) -> None:
+        """Forget row `row`'s stream. Its position goes back to 0: a free row may still run in a padded batch,
+        and a stream that left at the context's end would otherwise take it past the last slot."""
+        self.pos[row] = 0
 
     def positions(self, T: int) -> torch.Tensor:
         """(B, T) positions of the next T tokens of each stream."""

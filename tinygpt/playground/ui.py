@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 import gradio as gr
 
-from tinygpt.inference.batching import QueueFull
+from tinygpt.inference.batching import QueueFull, StoryFailed
 from tinygpt.inference.quality import BEGINNINGS
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot, astream_story
@@ -62,7 +62,7 @@ async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams,
         async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
                                         UPDATES_PER_S, label):
             yield snap
-    except QueueFull as e:
+    except (QueueFull, StoryFailed) as e:  # a busy playground, or a failed step (logged once by the batcher)
         raise gr.Error(str(e), print_exception=False) from None
 
 
