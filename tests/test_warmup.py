@@ -151,3 +151,110 @@ def test_a_cold_server_serves_on_pytorch_kernels_then_takes_up_ours_compiled(tmp
     result = json.loads(r.stdout.splitlines()[-1])
     assert result["first"] == {"ours": False, "compiled": False, "tokens": 8}
     assert result == {**result, "state": "ready", "ours": True, "compiled": True, "tokens": 8}
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def gone_within(pids: list[int], seconds: float) -> list[int]:
+    """The pids still running after `seconds` (at once when all are gone)."""
+    end = time.monotonic() + seconds
+    while any(map(alive, pids)) and time.monotonic() < end:
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+# A stand-in server: it starts a helper the way WarmUp does (run_helper) and waits on it.
+SERVER = """
+import sys
+from tinygpt.inference.warmup import run_helper
+run_helper([sys.executable, "-c", sys.argv[1]])
+"""
+WATCHING = "import time\nfrom tinygpt.inference.warmup import watch_parent\nwatch_parent()\ntime.sleep(120)"
+NOT_WATCHING = "import time\ntime.sleep(120)"
+
+
+@linux_only
+@pytest.mark.parametrize("helper", [WATCHING, NOT_WATCHING], ids=["pipe", "parent-death-signal"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_helper_ends_with_its_server(helper, sig):
+    """Catches a helper left compiling for up to 30 minutes after its server is gone (a Space, systemd or a
+    container stop sends SIGTERM to the server alone). Each way out on its own: the pipe the helper watches
+    (every OS), and Linux's parent-death signal for a helper that watches nothing."""
+    import signal
+
+    server = subprocess.Popen([sys.executable, "-c", SERVER, helper], cwd=ROOT)
+    try:
+        wait_until(lambda: children(server.pid), timeout=30)
+        helpers = children(server.pid)
+        time.sleep(1.0)  # the helper is past its start (watching, if it does)
+        server.send_signal(getattr(signal, sig))
+        server.wait(timeout=10)
+        assert gone_within(helpers, 10) == []
+    finally:
+        server.kill()
+
+
+def test_a_helper_run_by_hand_stays_while_its_input_is_open(tmp_path):
+    """Catches a helper that quits when nobody is watching: only `--watch-stdin` ends it with its input."""
+    helper = subprocess.Popen([sys.executable, "-c", WATCHING], cwd=ROOT, stdin=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        assert helper.poll() is None
+        helper.stdin.close()  # the server's end of the pipe, as when the server dies
+        assert helper.wait(timeout=10) == 1
+    finally:
+        helper.kill()
+
+
+@pytest.mark.slow
+@linux_only
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_warming_app_leaves_no_helper_behind(tmp_path, ckpt, sig):
+    """Issue 32: `kill -TERM` to a warming app left `python -m tinygpt.inference.warmup` compiling, parent 1.
+    The real app, started from another folder as a user may (a helper that could not import tinygpt from there
+    ended at once: no fast path), cold caches (so the helper is still building and compiling), then the
+    signal: within 10 s no helper, nor anything the helper started, is left."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(ckpt), "--port", str(port),
+                            "--precision", "int8"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        def helper_started() -> list[int]:
+            return [p for p in children(app.pid)
+                    if b"tinygpt.inference.warmup" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        wait_until(helper_started, timeout=120)
+        time.sleep(3.0)  # well into its work
+        helper = helper_started()
+        family = helper + [c for p in helper for c in children(p)]
+        assert alive(helper[0]), "the helper ended before the test could stop its server"
+        app.send_signal(getattr(signal, sig))
+        app.wait(timeout=10)
+        assert gone_within(family, 10) == []
+    finally:
+        app.kill()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -63,14 +64,13 @@ class WarmUp:
 
     def helper_command(self) -> list[str]:
         return [sys.executable, "-m", "tinygpt.inference.warmup", str(self.directory), "--precision", self.precision,
-                "--device", str(self.device), "--batch-sizes", ",".join(map(str, self.batch_sizes))]
+                "--device", str(self.device), "--batch-sizes", ",".join(map(str, self.batch_sizes)), "--watch-stdin"]
 
     def _run_helper(self) -> None:
         with self._lock:
             log.info("preparing the fast decode step in the background; stories are decoded eagerly until then")
             try:
-                done = subprocess.run(self.helper_command(), timeout=HELPER_TIMEOUT_S, stdout=subprocess.DEVNULL,
-                                      preexec_fn=_lower_priority if os.name == "posix" else None).returncode == 0
+                done = run_helper(self.helper_command()) == 0
             except (OSError, subprocess.SubprocessError) as e:
                 log.warning("the warm-up helper could not run (%s)", e)
                 done = False
@@ -101,9 +101,60 @@ class WarmUp:
         return False
 
 
-def _lower_priority() -> None:
-    """In the helper, before it starts: the server's stories come first."""
-    os.nice(10)
+def run_helper(command: list[str], timeout: float = HELPER_TIMEOUT_S) -> int:
+    """Run the helper and wait for it; its exit status. It must not outlive the server, however the server ends
+    (a Space, systemd or a container stop sends SIGTERM to the server alone, and SIGKILL leaves no time to
+    clean up): the helper watches its standard input, a pipe whose only writer is this process (`watch_parent`),
+    and on Linux the kernel also sends it SIGKILL when the thread that started it ends."""
+    posix = os.name == "posix"
+    # `python -m tinygpt...` must find this package wherever the server was started from (app.py puts its own
+    # folder on the server's path; the helper only gets the working directory)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                            preexec_fn=_helper_start(os.getpid()) if posix else None, close_fds=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("the warm-up helper took over %.0f s; stopped", timeout)
+        proc.kill()
+        return proc.wait()
+    finally:
+        proc.stdin.close()
+
+
+def _helper_start(server: int):
+    """What the helper runs between fork and exec: the server's stories come first (nice 10), and on Linux the
+    parent-death signal (checked after it is set: the server may already be gone). prctl is looked up here,
+    before the fork: the child of a threaded server should only call it."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def start() -> None:
+        os.nice(10)
+        if prctl is not None:
+            prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != server:
+                os._exit(1)
+    return start
+
+
+def watch_parent(stream=None) -> threading.Thread:
+    """In the helper: end this process when its standard input closes, i.e. when the server that holds the
+    pipe's other end has ended, whatever ended it. Nothing is lost: the caches it fills are written whole."""
+    stream = stream or sys.stdin.buffer
+
+    def watch() -> None:
+        while stream.read(4096):
+            pass
+        log.info("the server has gone; stopping")
+        os._exit(1)
+    thread = threading.Thread(target=watch, name="tinygpt-watch-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-sizes", required=True, type=lambda text: tuple(int(b) for b in text.split(",")),
                    help="comma-separated, e.g. 1,2,4")
+    p.add_argument("--watch-stdin", action="store_true",
+                   help="exit when standard input closes (a server's helper: it ends with the server)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s warm-up %(message)s", datefmt="%H:%M:%S")
+    if args.watch_stdin:
+        watch_parent()
     engine = serving_engine(args.checkpoint, args.precision, torch.device(args.device), args.batch_sizes,
                             build_kernels=True)
     return 0 if engine.compile_all() else 1
