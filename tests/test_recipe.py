@@ -32,6 +32,44 @@ def test_muon_steps_every_hidden_matrix_and_nothing_else():
     assert opts.named["muon"].param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_our_muon_steps_as_torchs_in_the_same_precision_and_close_in_fp32(weight_decay):
+    """Catches our Muon (fp32 Newton-Schulz on CPUs, where torch's bf16 took 4x the cpu preset's whole step)
+    drifting from torch.optim.Muon: in bf16 the same weights bit for bit after three steps with momentum and
+    weight decay; in fp32 within bf16's rounding of the update."""
+    from tinygpt.training.optim import Muon
+
+    torch.manual_seed(0)
+    start = [torch.randn(48, 16), torch.randn(16, 40)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(3)]
+
+    def run(make):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(params)
+        for g in grads:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+        return [p.detach() for p in params]
+
+    kw = dict(lr=0.02, weight_decay=weight_decay)
+    theirs = run(lambda ps: torch.optim.Muon(ps, adjust_lr_fn="match_rms_adamw", **kw))
+    ours_bf16 = run(lambda ps: Muon(ps, ns_dtype=torch.bfloat16, **kw))
+    ours_fp32 = run(lambda ps: Muon(ps, ns_dtype=torch.float32, **kw))
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours_bf16))
+    moved = [(a - w).abs().max().item() for a, w in zip(theirs, start)]
+    assert all(0 < (a - b).abs().max() < 0.05 * m for a, b, m in zip(theirs, ours_fp32, moved))
+
+
+def test_muon_orthogonalizes_in_fp32_on_a_cpu_and_bf16_on_cuda():
+    """Catches the CPU run going back to bf16 Newton-Schulz (emulated, ~60x slower, on CPUs without bf16 units)."""
+    from tinygpt.training.optim import newton_schulz_dtype
+
+    model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32, kept_tokens=50), torch.arange(50))
+    assert make_optimizers(model, "muon", 0.1, 1e-3, (0.9, 0.95), "cpu").named["muon"].ns_dtype == torch.float32
+    assert newton_schulz_dtype("cuda") == torch.bfloat16
+
+
 def test_muon_lr_scales_muon_only():
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
     opts = make_optimizers(model, "muon", 0.1, 1e-3, (0.9, 0.95), "cpu", muon_lr=4e-3)
