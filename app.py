@@ -43,11 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=int(env.get("TINYGPT_MAX_QUEUE", "64")),
                    help="requests that may wait beyond those; more are refused with a message "
                         "(default: $TINYGPT_MAX_QUEUE, else 64)")
+    p.add_argument("--max-sessions", type=int, default=int(env.get("TINYGPT_MAX_SESSIONS", "2000")),
+                   help="visitors' sessions kept in memory, about 0.25 MB each (a page's settings and its last "
+                        "story); past this the oldest is dropped, and its page, if still open, can no longer show "
+                        "that story's tokens (default: $TINYGPT_MAX_SESSIONS, else 2000)")
     args = p.parse_known_args(argv)[0]  # known only: `gradio app.py` passes its own arguments
     if args.precision is not None and args.precision not in PRECISIONS:  # from $TINYGPT_PRECISION
         p.error(f"TINYGPT_PRECISION must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
-    if args.concurrency < 1 or args.max_queue < 0:
-        p.error(f"--concurrency must be >= 1 and --max-queue >= 0, got {args.concurrency} and {args.max_queue}")
+    if args.concurrency < 1 or args.max_queue < 0 or args.max_sessions < 1:
+        p.error(f"--concurrency and --max-sessions must be >= 1 and --max-queue >= 0, got {args.concurrency}, "
+                f"{args.max_sessions} and {args.max_queue}")
     return args
 
 
@@ -90,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: error: {registry.problem_plain}", file=sys.stderr)
         return 2
     # Gradio runs at most max_threads events at once (default 40): every story decoding or waiting is one
+    # Gradio keeps every session (its own copy of the page's settings, its last story) until this many newer
+    # ones have come: where the server's memory levels off (bench/soak.py --new-visitors)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
-                prevent_thread_lock=True, max_threads=max(40, args.concurrency + args.max_queue + 8))
+                prevent_thread_lock=True, max_threads=max(40, args.concurrency + args.max_queue + 8),
+                state_session_capacity=args.max_sessions)
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     print(f"TinyGPT playground: http://{host}:{demo.server_port}/" + (f"  (public: {demo.share_url})" if
           demo.share_url else "") + "  — Ctrl-C to stop", flush=True)

@@ -2,13 +2,17 @@
 story and a clicked token, the API's values as settings, and two stories advanced side by side."""
 import asyncio
 import shutil
+import sys
 
 import pytest
 import torch
 
 from tests.conftest import TINY
-from tinygpt import GPT, save_checkpoint
-from tinygpt.inference.story import StorySnapshot
+from tinygpt import GPT, Tokenizer, save_checkpoint
+from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.inference.engine import SampledToken
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import StoryBuilder, StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.serving import ServeConfig, load_for_serving
 from tinygpt.playground.ui import side_by_side
@@ -74,11 +78,38 @@ def test_compare_models_are_offered_by_label(tmp_path, ckpt):
     assert reg.labels() == [str(ckpt), str(other)] and "gone" in reg.problem
 
 
+def written(prompt: str, tokens: list[SampledToken]) -> StorySnapshot:
+    """The snapshot the playground keeps once these sampled tokens are written after `prompt`."""
+    return StoryBuilder(Tokenizer(), prompt, SamplingParams(seed=4), 128).add(tokens)
+
+
 def snapshot() -> StorySnapshot:
-    return StorySnapshot(text="Once big", pieces=((" big", 0.25), ("!", 0.01)),
-                         alternatives=(((" little", 0.5), (" big", 0.25)), ((".", 0.6), (",", 0.3))),
-                         chosen_rank=(1, -1), n_tokens=3, tokens_per_sec=10.0, seed=4,
-                         notices=("The model ended the story (<|endoftext|>).",))
+    big, little, bang, dot, comma = 1263, 1310, 0, 13, 11  # ' big', ' little', '!', '.', ','
+    return written("Once", [SampledToken(big, 0.25, ((little, 0.5), (big, 0.25))),
+                            SampledToken(bang, 0.01, ((dot, 0.6), (comma, 0.3))), SampledToken(EOT_ID, 0.9)])
+
+
+def test_a_kept_story_is_small_and_reads_back_as_written():
+    """Catches the per-visitor cost of issue 32: each page keeps its last story for an hour after it closes,
+    and 200 tokens as tuples of strings and floats took 149 KB. The flat record reads back the same pieces,
+    alternatives and ranks, and takes under 20 KB for 200 tokens with 5 alternatives each."""
+    import gc
+
+    tokens = [SampledToken(1000 + i, 0.5 / (i + 1), tuple((1000 + i + j, 0.1 * (5 - j)) for j in range(5)))
+              for i in range(200)]
+    snap = written("Once upon a time", tokens)
+    assert len(snap.pieces) == 200 and snap.text == "Once upon a time" + "".join(t for t, _ in snap.pieces)
+    assert snap.pieces[7] == (Tokenizer().token_text(1007), 0.5 / 8) and snap.chosen_rank[7] == 0
+    assert snap.alternatives[7] == tuple((Tokenizer().token_text(1007 + j), 0.1 * (5 - j)) for j in range(5))
+    seen, size, stack = set(), 0, [snap]
+    while stack:  # what the snapshot holds of its own (the tokenizer it reads alternatives through is shared)
+        obj = stack.pop()
+        if id(obj) in seen or callable(obj) or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        size += sys.getsizeof(obj)
+        stack += gc.get_referents(obj)
+    assert size < 20_000, size
 
 
 def test_the_clicked_token_is_marked_with_its_probability_and_rank():
@@ -94,10 +125,9 @@ def test_the_clicked_token_is_marked_with_its_probability_and_rank():
 def test_every_token_has_something_to_click():
     """Catches the flaky browser test's cause: a token that only begins a character (its text arrives with the
     next token) or is only a line break rendered as an empty box, which no one (and no Playwright) can click."""
-    snap = StorySnapshot(text="a\n\n€", pieces=(("a", 0.5), ("\n\n", 0.2), ("", 0.1), ("€", 0.9)),
-                         alternatives=((), (), (), ()), chosen_rank=(-1, -1, -1, -1))
+    snap = written("", [SampledToken(i, p) for i, p in zip([64, 628, 47249, 222], [0.5, 0.2, 0.1, 0.9])])  # 😀: 2
     pieces, view = token_view(snap)
-    assert [text for text, _ in pieces] == ["a", "↵\n↵\n", PART_OF_A_CHARACTER, "€"]
+    assert [text for text, _ in pieces] == ["a", "↵\n↵\n", PART_OF_A_CHARACTER, "😀"]
     assert [p for _, p in pieces] == [0.5, 0.2, 0.1, 0.9]
     assert "`'\\n\\n'`" in alternatives_table(view, 1)  # the table names the real text
 

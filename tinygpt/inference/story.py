@@ -7,8 +7,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import unicodedata
-from dataclasses import dataclass
-from typing import AsyncIterator, Iterable, Iterator
+from array import array
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterable, Iterator
 
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.inference.batching import Batcher
@@ -63,19 +64,50 @@ def generate(model: GPT | Engine, tokenizer: Tokenizer, prompt: str | list[int],
 
 @dataclass(frozen=True)
 class StorySnapshot:
-    """What the page shows after each token. Immutable: each token gives a new snapshot sharing the old text."""
+    """What the page shows after each token. Each token gives a new snapshot; none is changed after it is made.
+
+    A page keeps its story's last snapshot for as long as the visitor may come back (an hour after the page
+    closes), so the per-token record is flat arrays of numbers, about 75 bytes a token, rather than Python tuples
+    of strings and floats (about 750): `pieces`, `alternatives` and `chosen_rank` are built from them on demand.
+    """
 
     text: str  # the prompt and everything generated so far
-    pieces: tuple[tuple[str, float], ...] = ()  # generated text pieces and their probability
-    alternatives: tuple[tuple[tuple[str, float], ...], ...] = ()  # top candidates at each piece, best first
-    chosen_rank: tuple[int, ...] = ()  # each piece's rank among its alternatives (0 = the top; -1 = below them)
     n_tokens: int = 0  # tokens generated, <|endoftext|> included
     tokens_per_sec: float = 0.0
     seed: int = 0
     notices: tuple[str, ...] = ()
     prompt_ids: tuple[int, ...] = ()  # the prompt as tokens
-    ids: tuple[int, ...] = ()  # the tokens generated, <|endoftext|> included: piece i is ids[i]
+    ids: array = field(default_factory=lambda: array("i"))  # the tokens generated, <|endoftext|> included
     source: str = ""  # which model wrote it (a label the caller chose)
+    # One entry per generated piece (<|endoftext|> has none): where it ends in `text` (the first begins at
+    # `start`), its probability, its rank among its alternatives (-1: below them), and `width` alternatives
+    # as ids and probabilities (id -1 past the ones the model gave), turned into text by `token_text`.
+    start: int = 0
+    ends: array = field(default_factory=lambda: array("i"))
+    probs: array = field(default_factory=lambda: array("d"))
+    ranks: array = field(default_factory=lambda: array("b"))
+    width: int = TOP_ALTERNATIVES
+    alt_ids: array = field(default_factory=lambda: array("i"))
+    alt_probs: array = field(default_factory=lambda: array("d"))
+    token_text: Callable[[int], str] | None = field(default=None, repr=False, compare=False)  # shared, not copied
+
+    @property
+    def pieces(self) -> tuple[tuple[str, float], ...]:
+        """Each generated text piece and its probability ('' while a UTF-8 character is unfinished)."""
+        starts = [self.start, *self.ends[:-1]]
+        return tuple((self.text[a:b], p) for a, b, p in zip(starts, self.ends, self.probs))
+
+    @property
+    def alternatives(self) -> tuple[tuple[tuple[str, float], ...], ...]:
+        """The top candidates at each piece as (text, probability), best first."""
+        w, ids, probs = self.width, self.alt_ids, self.alt_probs
+        return tuple(tuple((self.token_text(i), p) for i, p in zip(ids[k:k + w], probs[k:k + w]) if i >= 0)
+                     for k in range(0, len(ids), w))
+
+    @property
+    def chosen_rank(self) -> tuple[int, ...]:
+        """Each piece's rank among its alternatives (0 = the top; -1 = below them)."""
+        return tuple(self.ranks)
 
 
 def clean_prompt(text: str | None) -> str:
@@ -103,26 +135,38 @@ class StoryBuilder:
         self.params = dataclasses.replace(params, seed=seed, alternatives=max(params.alternatives, TOP_ALTERNATIVES))
         self.ids, self.eot_id = tokenizer.encode(prompt), tokenizer.eot_id
         self.snapshot = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(self.ids), block_size),
-                                      prompt_ids=tuple(self.ids), source=source)
-        self._text, self._start = Detokenizer(tokenizer, self.params), time.perf_counter()
+                                      prompt_ids=tuple(self.ids), source=source, start=len(prompt),
+                                      width=self.params.alternatives, token_text=tokenizer.token_text)
+        self._text, self._start = tokenizer.stream_decoder(), time.perf_counter()
 
     def add(self, tokens: Iterable[SampledToken]) -> StorySnapshot:
-        snap, n, notices = self.snapshot, self.snapshot.n_tokens, self.snapshot.notices
-        pieces, alternatives, ranks, ids = [], [], [], []
-        for token in map(self._text.add, tokens):
-            n += 1
+        snap, notices, width = self.snapshot, self.snapshot.notices, self.snapshot.width
+        text, ids = [snap.text], array("i", snap.ids)
+        ends, probs, ranks = array("i", snap.ends), array("d", snap.probs), array("b", snap.ranks)
+        alt_ids, alt_probs = array("i", snap.alt_ids), array("d", snap.alt_probs)
+        end = ends[-1] if ends else snap.start
+        for token in tokens:
             ids.append(token.id)
-            if token.id == self.eot_id:
+            if token.id == self.eot_id:  # not shown: the bytes of a character it cut short are dropped
+                self._text.flush()
                 notices += ("The model ended the story (<|endoftext|>).",)
                 continue
-            pieces.append((token.text, token.prob))
-            alternatives.append(tuple((text, prob) for _, text, prob in token.alternatives))
-            ranks.append(next((r for r, (a, _, _) in enumerate(token.alternatives) if a == token.id), -1))
-        self.snapshot = StorySnapshot(
-            text=snap.text + "".join(p for p, _ in pieces), pieces=snap.pieces + tuple(pieces),
-            alternatives=snap.alternatives + tuple(alternatives), chosen_rank=snap.chosen_rank + tuple(ranks),
-            n_tokens=n, tokens_per_sec=n / max(time.perf_counter() - self._start, 1e-9), seed=snap.seed,
-            notices=notices, prompt_ids=snap.prompt_ids, ids=snap.ids + tuple(ids), source=snap.source)
+            piece = self._text.push(token.id)
+            if len(ids) == self.params.max_new_tokens:
+                piece += self._text.flush()
+            text.append(piece)
+            end += len(piece)
+            alts = token.alternatives[:width]
+            ends.append(end)
+            probs.append(token.prob)
+            ranks.append(next((r for r, (a, _) in enumerate(alts) if a == token.id), -1))
+            alt_ids.extend([a for a, _ in alts] + [-1] * (width - len(alts)))
+            alt_probs.extend([p for _, p in alts] + [0.0] * (width - len(alts)))
+        self.snapshot = dataclasses.replace(
+            snap, text="".join(text), n_tokens=len(ids), tokens_per_sec=len(ids) / max(time.perf_counter() -
+                                                                                        self._start, 1e-9),
+            notices=notices, ids=ids, ends=ends, probs=probs, ranks=ranks, alt_ids=alt_ids,
+            alt_probs=alt_probs)
         return self.snapshot
 
 

@@ -80,7 +80,8 @@ def inspect_snapshot(registry: ModelRegistry, snap: StorySnapshot, piece: int) -
 def panel(registry: ModelRegistry, suffix: str, thinking: gr.HighlightedText, snapshot: gr.State) -> None:
     """The components under a story's shaded tokens, filled when a token is clicked."""
     state = gr.State(None)  # (model label, Inspection) of the clicked token
-    with gr.Group(visible=False, elem_id=f"inside{suffix}") as group:
+    # a class, not an id: Gradio writes a Group's elem_id on two nested elements
+    with gr.Group(visible=False, elem_classes=["inside"]) as group:
         gr.Markdown("**Inside the model**: how it wrote the clicked token. Shading: how much the query that wrote "
                     "it attended to each earlier token it read.")
         with gr.Row():
