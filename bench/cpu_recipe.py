@@ -50,7 +50,12 @@ CANDIDATES = {  # name: flags on top of --preset cpu
                              "--ema", "0"],
     "6x256-muon-wsd-wd0.5-d0.1": [*SHAPES["6x256"], *MUON_WSD, *REG, "--ema", "0"],
     "preset": [],  # --preset cpu as it is now (4x256-muon-wsd-wd0.5 with --ema 0.998)
+    # issue 33: the window, with the batch in tokens kept equal (4,096 a micro-batch, 8,192 a step)
+    "window-128": ["--block-size", "128", "--batch-size", "32"],
+    "window-256": ["--block-size", "256", "--batch-size", "16"],
+    "window-512": ["--block-size", "512", "--batch-size", "8"],
 }
+DATA = "data/tinystories"
 TARGETS = (2.4, 2.3, 2.228)  # val losses to time: the issue's milestones and the shipped model's best
 
 
@@ -74,7 +79,7 @@ def run(name: str, budget: str, data_dir: str) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     info = json.loads((out / "last" / "config.json").read_text())
-    return dict(name=name, budget=budget, flags=CANDIDATES[name], exit=os.waitstatus_to_exitcode(status),
+    return dict(name=name, budget=budget, flags=CANDIDATES[name], data_dir=data_dir, exit=os.waitstatus_to_exitcode(status),
                 wall_s=round(time.monotonic() - t0, 1), params_m=round(info["num_params"] / 1e6, 2),
                 steps=last["step"], tokens_m=round(last["tokens_seen"] / 1e6, 2),
                 tokens_per_sec=round(sum(r["tokens_per_sec"] for r in records) / len(records)),
@@ -90,7 +95,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         reach = " / ".join("-" if m is None else f"{m}" for m in r.get("minutes_to", {}).values()) or "n/a"
         train, val = (r["curve"][-1][-2:] if len(r["curve"][-1]) == 4 else ("n/a", r["curve"][-1][-1]))
-        lines.append(f"| {r['name']} | {r['budget']} | {r['params_m']}M | {r['steps']} | {r['tokens_m']}M | "
+        name = r["name"] + (f" ({Path(r['data_dir']).name})" if r.get("data_dir", DATA) != DATA else "")
+        lines.append(f"| {name} | {r['budget']} | {r['params_m']}M | {r['steps']} | {r['tokens_m']}M | "
                      f"{r['tokens_per_sec']:,} | {r['peak_rss_mb']:,} MB | {reach} | {train} / {val} | "
                      f"{r['val_loss_all']:.4f} |")
     return "\n".join(lines)
@@ -100,20 +106,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", default="10m")
     p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), default=sorted(CANDIDATES))
-    p.add_argument("--data-dir", default="data/tinystories")
+    p.add_argument("--data-dir", default=DATA)
     p.add_argument("--table", action="store_true", help="print the results so far and exit")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file results accumulate in")
     args = p.parse_args()
     if not args.table:
         if not (ROOT / args.data_dir / "train.bin").exists():
             sys.exit(f"{args.data_dir}/train.bin missing: python prepare_data.py --train-files "
                      "../shared/data/tinystories/train.txt --val-files ../shared/data/tinystories/valid.txt")
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
         for name in args.only:
             row = run(name, args.budget, args.data_dir)
-            with open(RESULTS, "a") as f:
+            with open(args.results, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
+    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
+        if args.results.exists() else []
     print(table(rows))
 
 

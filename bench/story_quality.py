@@ -10,13 +10,16 @@ serves. Printed:
 - distinct-1 / distinct-2: unique words and word pairs over all of them, across the stories (variety);
 - unknown words per 100: words (lower-cased letters) found nowhere in the training text (made-up words);
 - ended: the share of stories that end with <|endoftext|> within 300 tokens (a story with an end);
-- name kept: of the stories whose beginning names a character, the share that still name them in their last third.
+- name kept: of the stories whose beginning names a character, the share that still name them in their last third;
+- story loss: every story of --valid-text scored from its own beginning with the windows the engine reads
+  (tinygpt.training.story_loss), over all tokens and before / after story position 128 (fp32 weights).
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +30,19 @@ from tinygpt.inference.quality import MAX_NEW, report, vocabulary, write_stories
 from tinygpt.inference.quantize import default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams  # noqa: E402
 from tinygpt.model.checkpoint import SHIPPED_MODEL  # noqa: E402
+from tinygpt.training.story_loss import story_line, story_loss  # noqa: E402
 
 SETTINGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def read_stories(path: Path, tokenizer: Tokenizer) -> list[int]:
+    """A stories file (each followed by a line holding <|endoftext|>) as one token list, as prepare_data.py writes."""
+    stories = [s.strip() for s in path.read_text().split("<|endoftext|>") if s.strip()]
+    return [t for story in stories for t in [*tokenizer.encode(story), tokenizer.eot_id]]
+
+
+def story_loss_figures(figures: dict) -> dict:
+    return {k.removeprefix("story loss "): v for k, v in figures.items() if k.startswith("story loss ")}
 
 
 def main() -> int:
@@ -36,6 +50,8 @@ def main() -> int:
     p.add_argument("checkpoint", nargs="?", default=str(SHIPPED_MODEL))
     p.add_argument("--stories", type=int, default=40)
     p.add_argument("--train-text", type=Path, default=ROOT.parent / "shared" / "data" / "tinystories" / "train.txt")
+    p.add_argument("--valid-text", type=Path, default=ROOT.parent / "shared" / "data" / "tinystories" / "valid.txt",
+                   help="stories for the story loss (skipped if missing)")
     p.add_argument("--show", type=int, default=2, help="stories printed in full")
     p.add_argument("--json", action="store_true", help="end with the figures and settings as one JSON line")
     defaults = SamplingParams()
@@ -60,6 +76,12 @@ def main() -> int:
         print(f"{name}: {value:.3f}" if "per 100" not in name else f"{name}: {value:.2f}")
     if known is None:
         print(f"(unknown words not counted: no {args.train_text})")
+    if args.valid_text.is_file():
+        tokens = np.array(read_stories(args.valid_text, Tokenizer()), dtype=np.int64)
+        figures |= {f"story loss {k}": v for k, v in story_loss(model, tokens).items() if "tokens" not in k}
+        print(f"story loss over {args.valid_text.name}: {story_line(story_loss_figures(figures))}")
+    else:
+        print(f"(story loss not measured: no {args.valid_text})")
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "stories": args.stories, "settings": settings,
                           **{k: round(v, 4) for k, v in figures.items()}}))

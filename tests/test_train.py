@@ -34,6 +34,12 @@ def test_tiny_run_learns_and_writes_everything(token_data, tmp_path):
     assert records[-1]["val_loss"] < records[0]["val_loss"]
     quality = records[-1]["sample_quality"]  # the sample's headline figures ("Once upon a time" names no one)
     assert set(quality) == {"repeated 4-grams", "distinct-2", "ended"} and 0 < quality["distinct-2"] <= 1
+    # story loss (the validation stories from their beginnings; the tiny window slides inside them) at every
+    # evaluation on a sample, over every story at the end, and kept with the checkpoint
+    stories = [r["story_loss"] for r in records]
+    assert all(s["tokens after 128"] == 0 and 0 < s["all"] < 11 for s in stories) and stories[-1]["all"] < stories[0]["all"]
+    assert records[-1]["story_loss_all"]["tokens"] >= stories[-1]["tokens"]
+    assert load_checkpoint(tmp_path / "last")[1]["metadata"]["story_loss_all"] == records[-1]["story_loss_all"]
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("best", "last"):
         model, info = load_checkpoint(tmp_path / name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from tinygpt.data.dataloader import TokenDataset
@@ -13,6 +14,9 @@ from tinygpt.inference.quality import headline_figures, report
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.gpt import GPT
+from tinygpt.training.story_loss import story_loss
+
+STORY_SAMPLE = 64  # validation stories scored at each evaluation (all of them at the last: a minute on a CPU)
 
 
 class Evaluator:
@@ -41,6 +45,13 @@ class Evaluator:
     def all_val(self) -> float:
         """Mean loss over every token of the validation set: the figure to compare runs by."""
         return loss_over_all(self.model, self.val_data, self.batch_size, self.dtype)
+
+    def stories(self, max_stories: int | None = STORY_SAMPLE) -> dict[str, float]:
+        """Story loss (tinygpt.training.story_loss) over the first `max_stories` validation stories (None: all),
+        rounded: what a metrics record keeps."""
+        with self.autocast():
+            figures = story_loss(self.model, np.asarray(self.val_data.data), max_stories)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
     def sample(self, prompt: str, tokens: int, seed: int) -> tuple[str, dict[str, float]]:
         """A story at the playground's default settings and its headline figures (tinygpt.inference.quality);

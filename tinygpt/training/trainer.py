@@ -28,13 +28,14 @@ from tinygpt.model.gpt import GPT, GPTConfig
 from tinygpt.training.budget import TimeBudget, format_duration
 from tinygpt.training.config import TrainConfig
 from tinygpt.training.distributed import DistInfo, any_across, from_main, init_distributed, mean_across, run_on_main
-from tinygpt.training.evaluate import Evaluator
+from tinygpt.training.evaluate import STORY_SAMPLE, Evaluator
 from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.training.metrics import mfu as model_flops_utilization
 from tinygpt.training.ema import EMA
 from tinygpt.training.optim import make_optimizers
 from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
+from tinygpt.training.story_loss import forward_positions, story_line
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)
@@ -191,11 +192,15 @@ class Trainer:
         record = dict(step=self.step, tokens_seen=self.tokens_seen, train_loss=losses["train"],
                       val_loss=losses["val"], lr=self.lr(self.step - 1), tokens_per_sec=round(rate, 1),
                       mfu=mfu, time=time.time())
-        extra = {"val_loss_all": self.evaluator.all_val()} if final else {}
+        extra = {"val_loss_all": self.evaluator.all_val(), "story_loss_all": self.evaluator.stories(None)} \
+            if final else {}
         if final:
-            log.info("all %d validation tokens: loss %.4f", len(self.val_data) - 1, extra["val_loss_all"])
-        log.info("step %d: train %.4f, val %.4f, lr %.2e, %.0f tok/s%s", self.step, losses["train"],
-                 losses["val"], record["lr"], rate, f", MFU {mfu:.1%}" if mfu else "")
+            log.info("all %d validation tokens: loss %.4f; every story: %s", len(self.val_data) - 1,
+                     extra["val_loss_all"], story_line(extra["story_loss_all"]))
+        record["story_loss"] = self.evaluator.stories()
+        log.info("step %d: train %.4f, val %.4f, stories %s, lr %.2e, %.0f tok/s%s", self.step, losses["train"],
+                 losses["val"], story_line(record["story_loss"]), record["lr"], rate,
+                 f", MFU {mfu:.1%}" if mfu else "")
         text, figures = self.evaluator.sample(c.sample_prompt, c.sample_tokens, c.seed)
         if text:
             log.info("sample (%s): %s", headline(figures), text.replace("\n", " "))
@@ -273,9 +278,10 @@ class Trainer:
                             "hour: python train.py --preset cpu --time-budget 60m", step_seconds,
                             self.max_iters - self.step, format_duration(left))
             return
-        eval_tokens = 2 * c.eval_iters * c.batch_size * self.model_config.block_size
+        tokens, T = np.asarray(self.val_data.data), self.model_config.block_size
+        eval_tokens = 2 * c.eval_iters * c.batch_size * T + forward_positions(tokens, T, STORY_SAMPLE)
         last = self.budget.plan(self.step, step_seconds, c.eval_interval, eval_tokens, self.step_tokens,
-                                len(self.val_data))
+                                len(self.val_data) + forward_positions(tokens, T))
         reached = (self.step, self.lr(self.step - 1)) if self.cooldown else None
         self.max_iters = max(self.step + 1, from_main(last, self.dist, self.device))
         self.cooldown = reached  # a cooldown under way goes on down from where it is to the new end
