@@ -214,6 +214,20 @@ def test_a_helper_ends_with_its_server(helper, sig):
         server.kill()
 
 
+def test_a_watching_helper_that_finishes_exits_cleanly():
+    """Catches the watcher breaking the helper's own exit (a thread blocked in sys.stdin's read made the
+    interpreter abort at shutdown: every warm-up 'failed' and no server took its fast path)."""
+    finished = "from tinygpt.inference.warmup import watch_parent\nwatch_parent()\nprint('compiled')"
+    helper = subprocess.Popen([sys.executable, "-c", finished], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # the pipe stays open, as the server holds it
+        assert helper.wait(timeout=60) == 0, helper.stderr.read()[-2000:]
+        assert helper.stdout.read() == "compiled\n"
+    finally:
+        helper.stdin.close()
+        helper.kill()
+
+
 def test_a_helper_run_by_hand_stays_while_its_input_is_open(tmp_path):
     """Catches a helper that quits when nobody is watching: only `--watch-stdin` ends it with its input."""
     helper = subprocess.Popen([sys.executable, "-c", WATCHING], cwd=ROOT, stdin=subprocess.PIPE)

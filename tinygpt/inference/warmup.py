@@ -142,13 +142,13 @@ def _helper_start(server: int):
     return start
 
 
-def watch_parent(stream=None) -> threading.Thread:
-    """In the helper: end this process when its standard input closes, i.e. when the server that holds the
-    pipe's other end has ended, whatever ended it. Nothing is lost: the caches it fills are written whole."""
-    stream = stream or sys.stdin.buffer
-
+def watch_parent(fd: int = 0) -> threading.Thread:
+    """In the helper: end this process when its standard input (`fd`) closes, i.e. when the server that holds the
+    pipe's other end has ended, whatever ended it. Nothing is lost: the caches it fills are written whole. The
+    raw descriptor, not sys.stdin: a thread blocked in sys.stdin's read holds its lock, and the interpreter's
+    own exit then aborts on it (a helper that finished its work would report failure)."""
     def watch() -> None:
-        while stream.read(4096):
+        while os.read(fd, 4096):
             pass
         log.info("the server has gone; stopping")
         os._exit(1)
