@@ -62,7 +62,7 @@ def time_all(rows, batch: int, position: int, steps: int, reps: int) -> dict[str
 def variants(model, precision):
     """(name, serving copy, top-k) for ours and each kernel swapped for PyTorch's."""
     ours = for_serving(model, precision)
-    with mock.patch.object(kernels, "loaded", lambda: False), mock.patch.object(kernels, "load", lambda *a: False):
+    with mock.patch.object(kernels, "loaded", lambda: False), mock.patch.object(kernels, "load", lambda *a, **kw: False):
         torch_matmuls = for_serving(model, precision)  # PyTorch's weight-only int8 / int4; no attention kernel
     math_attention = copy.deepcopy(ours)
     for block in math_attention.transformer.h:
@@ -85,6 +85,8 @@ def main() -> int:
         return 1
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0] if args.checkpoint else GPT(GPTConfig()).eval()
+    if not 0 <= args.position < model.config.block_size:  # past the last slot the compiled step aborts
+        p.error(f"--position must be in [0, {model.config.block_size}) for this model, got {args.position}")
     precision = args.precision or default_precision(torch.device("cpu"), model.config)
     rows = variants(model, precision)
     torch._dynamo.config.recompile_limit = 64  # one graph per variant and batch size, all of one function

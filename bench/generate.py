@@ -128,6 +128,8 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0] if args.checkpoint else GPT(GPTConfig()).eval()
+    if model.config.block_size < 8 + NEW:  # transformers' generate has no sliding window
+        p.error(f"the model's context ({model.config.block_size}) must hold the 8-token prompt and {NEW} new tokens")
     tok = Tokenizer()
     prompt = tok.encode("Once upon a time, there was a little girl who")[:8]
     print(f"weights: {args.checkpoint or 'random'} ({model.num_params() / 1e6:.1f}M), threads: "

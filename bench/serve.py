@@ -13,28 +13,15 @@ failed requests, and refused ones (a full queue) with the message they got.
 """
 import argparse
 import asyncio
-import json
-import os
-import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PROMPT, SETTINGS = "Once upon a time", dict(temperature=0.8, top_k=50, top_p=0.95)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.visitor import PROMPT, Page, free_port, open_page, start_app, write_story  # noqa: E402
 
 
 class EngineAlone:
@@ -56,79 +43,9 @@ class EngineAlone:
     def rate(self, seed: int) -> float:
         from tinygpt import SamplingParams
 
-        params = SamplingParams(**SETTINGS, max_new_tokens=self.max_new, seed=seed, stop_at_eot=False)
+        params = SamplingParams(max_new_tokens=self.max_new, seed=seed, stop_at_eot=False)  # the page's settings
         times = [time.perf_counter() for _ in self.engine.generate(self.ids, params)]
         return len(times) / (times[-1] - times[0])
-
-
-def start_app(checkpoint: str, port: int, concurrency: int, max_queue: int) -> subprocess.Popen:
-    """app.py serving `checkpoint`, once its compiled decode step has taken over (the page opens before)."""
-    env = {**os.environ, "TINYGPT_CONCURRENCY": str(concurrency), "TINYGPT_MAX_QUEUE": str(max_queue)}
-    log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-app-", suffix=".log")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", checkpoint, "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=log)
-    proc.log = log  # kept open (and so on disk) for the life of the process
-    for _ in range(1800):  # bounded wait: a first start builds the kernels and compiles in the background
-        if "fast path:" in Path(log.name).read_text():
-            return proc
-        if proc.poll() is not None:
-            sys.exit(f"the app exited: {Path(log.name).read_text()[-2000:]}")
-        time.sleep(0.5)
-    proc.kill()
-    sys.exit("the app's fast path was not ready within 900 s")
-
-
-async def open_page(http, base: str, load_index: int) -> str:
-    """A visitor's page load, as far as the server sees it: the page's load event under a new session, which
-    is when Gradio builds the session's state (a copy of every component's config: 7.5 ms for this page here).
-    The session, for one_user."""
-    session = uuid.uuid4().hex
-    loaded = await http.post(base + "gradio_api/run/predict", json={
-        "data": [], "fn_index": load_index, "session_hash": session, "event_data": None, "trigger_id": None})
-    loaded.raise_for_status()
-    return session
-
-
-async def one_user(http, base: str, fn_index: int, session: str, seed: int, max_new: int) -> dict:
-    """One visitor with the page open presses Generate: Gradio's own streaming protocol (join the queue, read
-    the event stream), as the page's JavaScript does. Not gradio_client: it polls for messages every 50 ms,
-    which would hide what the server does, and its polling threads take CPU from the server on this 2-core
-    machine."""
-    from gradio_client.utils import apply_diff
-
-    start = time.perf_counter()
-    try:
-        joined = await http.post(base + "gradio_api/queue/join", json={
-            "data": [PROMPT, *SETTINGS.values(), max_new, seed], "fn_index": fn_index, "session_hash": session,
-            "event_data": None, "trigger_id": None})
-        if joined.status_code != 200:
-            return {"ok": False, "kind": "refused" if joined.status_code == 503 else "failed", "error": joined.text}
-        first = stats = None
-        async with http.stream("GET", base + "gradio_api/queue/data", params={"session_hash": session}) as resp:
-            buffer = b""
-            async for chunk in resp.aiter_bytes():
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    line, buffer = buffer.split(b"\n\n", 1)
-                    if not line.startswith(b"data:"):
-                        continue
-                    msg = json.loads(line[5:])
-                    if msg["msg"] == "process_generating":
-                        last = time.perf_counter()
-                        first = first or last
-                        data = msg["output"]["data"][1]  # the stats line: in full once, then as diffs
-                        stats = data if stats is None else apply_diff(stats, data)
-                    elif msg["msg"] == "process_completed":
-                        end = time.perf_counter()
-                        if not msg.get("success", False):
-                            error = str(msg.get("output", {}).get("error"))
-                            return {"ok": False, "kind": "refused" if "busy" in error else "failed", "error": error}
-                        tokens = int(re.search(r"\*\*(\d+)\*\* tokens", stats).group(1))
-                        return {"ok": True, "ttft": first - start, "tok_s": tokens / (last - first) if last > first
-                                else 0.0, "tokens": tokens, "start": start, "end": end}
-        return {"ok": False, "kind": "failed", "error": "the event stream ended early"}
-    except Exception as e:  # noqa: BLE001 - counted as a failed request
-        return {"ok": False, "kind": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
 def p95(values: list[float]) -> float:
@@ -139,15 +56,13 @@ def run_round(url: str, users: int, max_new: int, repeats: int) -> dict:
     """`repeats` rounds of `users` visitors arriving at once; all their records, and the median aggregate."""
     import httpx
 
-    config = json.loads(urllib.request.urlopen(url + "config", timeout=10).read())
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
-    load_index = next(d["id"] for d in config["dependencies"] if any(t[1] == "load" for t in d["targets"]))
+    page = Page(url)
 
     async def one_round() -> list[dict]:
         limits = httpx.Limits(max_connections=4 * users + 8)
         async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as http:
-            sessions = [await open_page(http, url, load_index) for _ in range(users)]  # untimed, one by one
-            return await asyncio.gather(*(one_user(http, url, fn_index, session, i, max_new)
+            sessions = [await open_page(http, page) for _ in range(users)]  # untimed, one by one
+            return await asyncio.gather(*(write_story(http, page, session, i, max_new, finish=False)
                                           for i, session in enumerate(sessions)))
 
     results, aggregates = [], []
@@ -160,11 +75,13 @@ def run_round(url: str, users: int, max_new: int, repeats: int) -> dict:
     return {"results": results, "aggregate": statistics.median(aggregates)}
 
 
-def report(users: int, round_: dict) -> float | None:
+def report(users: int, round_: dict, failures: list) -> float | None:
+    """Print one N's figures; its failed requests are added to `failures`."""
     results = round_["results"]
     ok = [r for r in results if r["ok"]]
     failed = [r for r in results if not r["ok"] and r["kind"] == "failed"]
     refused = [r for r in results if not r["ok"] and r["kind"] == "refused"]
+    failures += failed
     tail = f"; failed {len(failed)}; refused {len(refused)}"
     tail += f" ({refused[0]['error']})" if refused else ""
     tail += f" [first failure: {failed[0]['error'][:200]}]" if failed else ""
@@ -178,19 +95,19 @@ def report(users: int, round_: dict) -> float | None:
     return statistics.median(rate)
 
 
-def single_user(url: str, alone: EngineAlone, max_new: int, rounds: int) -> None:
+def single_user(url: str, alone: EngineAlone, max_new: int, rounds: int, failures: list) -> None:
     """N=1, each round paired with one story from the engine alone (the host's load moves: a shared VM), and
     the ratio of their medians."""
     pairs = [(alone.rate(i + 1), run_round(url, 1, max_new, 1)) for i in range(rounds)]
     engine = statistics.median(a for a, _ in pairs)
     print(f"engine alone (compiled, one stream, rounds interleaved with N=1): {engine:.1f} tok/s", flush=True)
     rate = report(1, {"results": sum((r["results"] for _, r in pairs), []),
-                      "aggregate": statistics.median(r["aggregate"] for _, r in pairs)})
+                      "aggregate": statistics.median(r["aggregate"] for _, r in pairs)}, failures)
     if rate:
         print(f"N=1 per-user tokens/s / engine alone: {rate / engine:.2f}", flush=True)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint to serve (default: random reference-size weights)")
     p.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -198,7 +115,10 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64, help="stories decoded together (TINYGPT_CONCURRENCY)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait (TINYGPT_MAX_QUEUE)")
     p.add_argument("--repeats", type=int, default=3, help="rounds per N, four times as many for N=1 (pooled)")
+    p.add_argument("--model-shape", default="", metavar="L,H,C",
+                   help="the random model's layers, heads and width (default: the reference 6,6,384)")
     args = p.parse_args()
+    failures: list = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
         if not checkpoint:
@@ -206,10 +126,13 @@ def main() -> None:
 
             from tinygpt import GPT, GPTConfig, save_checkpoint
             torch.manual_seed(0)
-            checkpoint = str(save_checkpoint(GPT(GPTConfig()), Path(tmp) / "random"))
+            shape = dict(zip(("n_layer", "n_head", "n_embd"), map(int, args.model_shape.split(",")))) \
+                if args.model_shape else {}
+            checkpoint = str(save_checkpoint(GPT(GPTConfig(**shape)), Path(tmp) / "random"))
         alone = EngineAlone(checkpoint, args.max_new_tokens)
         port = free_port()
-        proc = start_app(checkpoint, port, args.concurrency, args.max_queue)
+        proc = start_app(checkpoint, port, {"TINYGPT_CONCURRENCY": str(args.concurrency),
+                                            "TINYGPT_MAX_QUEUE": str(args.max_queue)})
         url = f"http://127.0.0.1:{port}/"
         try:
             print(f"app on 127.0.0.1:{port}, {args.concurrency} streams per step, {args.max_queue} may wait, "
@@ -217,13 +140,17 @@ def main() -> None:
             run_round(url, 1, 8, 1)  # warm up (the first request pays one-time costs)
             for n in args.users:
                 if n == 1:
-                    single_user(url, alone, args.max_new_tokens, 4 * args.repeats)  # short: more rounds
+                    single_user(url, alone, args.max_new_tokens, 4 * args.repeats, failures)  # short: more rounds
                 else:
-                    report(n, run_round(url, n, args.max_new_tokens, args.repeats))
+                    report(n, run_round(url, n, args.max_new_tokens, args.repeats), failures)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    if failures:
+        print(f"FAILED: {len(failures)} requests failed (first: {failures[0]['error'][:300]})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
