@@ -2,12 +2,15 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from tqdm import tqdm
 
 from tests.test_train import MODEL, config
 from tinygpt.training.budget import TimeBudget, parse_duration
 from tinygpt.training.config import TrainConfig
+from tinygpt.training.evaluate import STORY_SAMPLE
+from tinygpt.training.story_loss import forward_positions
 from tinygpt.training.trainer import Trainer
 
 
@@ -52,14 +55,18 @@ def test_a_budgeted_run_ends_on_time_with_a_final_eval(token_data, tmp_path):
     clock = FakeClock()
     trainer = Trainer(MODEL, cfg, clock=clock)
     step, log = trainer.train_step, trainer.checkpoint_and_log
-    eval_tokens = 2 * cfg.eval_iters * cfg.batch_size * MODEL.block_size
+    # what an evaluation runs forward: the fixed batches and story loss on a sample of stories; the final one
+    # also every validation token and every story
+    val, T = np.asarray(trainer.val_data.data), MODEL.block_size
+    eval_tokens = 2 * cfg.eval_iters * cfg.batch_size * T + forward_positions(val, T, STORY_SAMPLE)
+    final_extra = len(trainer.val_data) + forward_positions(val, T)
 
     def timed_step():
         clock.now += clock.STEP
         return step()
 
     def timed_log(rate, final=False):
-        clock.now += clock.EVAL * (1 + len(trainer.val_data) / eval_tokens if final else 1)
+        clock.now += clock.EVAL * (1 + final_extra / eval_tokens if final else 1)
         return log(rate, final)
 
     trainer.train_step, trainer.checkpoint_and_log = timed_step, timed_log

@@ -95,8 +95,8 @@ def test_wsd_cooldown_starts_as_replanned_and_is_never_restarted(token_data, tmp
     """Steps slow down early (fewer fit: the cooldown must start by the new plan) and speed up inside the
     cooldown (more fit: it must stretch, not restart). Catches a cooldown keyed to the first plan, one restarted
     by a later re-plan (the rate would jump back up), or an end not at min_lr."""
-    cfg = config(token_data, tmp_path, max_iters=100_000, eval_interval=10, time_budget="30s", sample_tokens=0,
-                 schedule="wsd", cooldown_frac=0.5)
+    cfg = config(token_data, tmp_path, max_iters=100_000, eval_interval=10, time_budget="50s", sample_tokens=0,
+                 schedule="wsd", cooldown_frac=0.5)  # long enough that the cooldown outlasts the slow steps
     clock = FakeClock()
     trainer = Trainer(MODEL, cfg, clock=clock)
     step, lrs, totals = trainer.train_step, [], []
