@@ -253,6 +253,32 @@ def test_browser_generate_and_inspect_a_token(server):
     assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
 
 
+DUPLICATE_IDS = """() => {
+    const seen = {};
+    for (const el of document.querySelectorAll('[id]')) if (el.id) seen[el.id] = (seen[el.id] || 0) + 1;
+    return Object.entries(seen).filter(([, n]) => n > 1).map(([id, n]) => `${id} x${n}`);
+}"""
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_every_element_id_is_used_once(server):
+    """Catches two elements with one id (the page had two with id="inside"): a test, a style or a script that
+    finds an element by its id may find the other one. Checked on the page as it opens and once a story's
+    token is clicked (the view inside the model shown)."""
+    from playwright.sync_api import expect
+
+    with browser_page(1280, 1100) as page:
+        page.goto(server)
+        expect(page.locator("#generate")).to_be_enabled(timeout=30_000)
+        assert page.evaluate(DUPLICATE_IDS) == []
+        page.locator("#max-new input[type=number]").fill("6")
+        page.locator("#generate").click()
+        expect(page.locator("#stop")).to_be_disabled(timeout=30_000)
+        page.locator("#thinking .token").nth(2).click()
+        expect(page.locator("#inside-lens")).to_be_visible(timeout=15_000)
+        assert page.evaluate(DUPLICATE_IDS) == []
+
+
 def test_inspect_api_gives_the_pages_numbers_and_clear_errors(client, registry):
     """Catches the API and the page inspecting different things (another window, model or position): the
     page's handler and the API must give the same JSON for the same story token."""
