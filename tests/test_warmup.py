@@ -166,6 +166,12 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, all the way down."""
+    out = children(pid)
+    return out + [d for c in out for d in descendants(c)]
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -191,6 +197,9 @@ run_helper([sys.executable, "-c", sys.argv[1]])
 """
 WATCHING = "import time\nfrom tinygpt.inference.warmup import watch_parent\nwatch_parent()\ntime.sleep(120)"
 NOT_WATCHING = "import time\ntime.sleep(120)"
+# A helper busy in a child of its own, as when it runs a compiler or Inductor's compile workers.
+WATCHING_A_CHILD = ("import subprocess, time\nfrom tinygpt.inference.warmup import watch_parent\nwatch_parent()\n"
+                    "subprocess.Popen(['sleep', '120'])\ntime.sleep(120)")
 
 
 @linux_only
@@ -210,6 +219,25 @@ def test_a_helper_ends_with_its_server(helper, sig):
         server.send_signal(getattr(signal, sig))
         server.wait(timeout=10)
         assert gone_within(helpers, 10) == []
+    finally:
+        server.kill()
+
+
+@linux_only
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_what_the_helper_started_ends_with_its_server(sig):
+    """Catches CI's orphan (a process of the helper's, parent 1, still running 10 s after its server was killed):
+    the helper ended, but the compiler it had started did not."""
+    import signal
+
+    server = subprocess.Popen([sys.executable, "-c", SERVER, WATCHING_A_CHILD], cwd=ROOT)
+    try:
+        wait_until(lambda: [c for c in children(server.pid) if children(c)], timeout=30)
+        family = descendants(server.pid)
+        time.sleep(0.5)  # the helper is past its start
+        server.send_signal(getattr(signal, sig))
+        server.wait(timeout=10)
+        assert len(family) == 2 and gone_within(family, 10) == []
     finally:
         server.kill()
 
@@ -265,7 +293,7 @@ def test_a_warming_app_leaves_no_helper_behind(tmp_path, ckpt, sig):
         wait_until(helper_started, timeout=120)
         time.sleep(3.0)  # well into its work
         helper = helper_started()
-        family = helper + [c for p in helper for c in children(p)]
+        family = helper + [d for p in helper for d in descendants(p)]
         assert alive(helper[0]), "the helper ended before the test could stop its server"
         app.send_signal(getattr(signal, sig))
         app.wait(timeout=10)

@@ -102,10 +102,12 @@ class WarmUp:
 
 
 def run_helper(command: list[str], timeout: float = HELPER_TIMEOUT_S) -> int:
-    """Run the helper and wait for it; its exit status. It must not outlive the server, however the server ends
-    (a Space, systemd or a container stop sends SIGTERM to the server alone, and SIGKILL leaves no time to
-    clean up): the helper watches its standard input, a pipe whose only writer is this process (`watch_parent`),
-    and on Linux the kernel also sends it SIGKILL when the thread that started it ends."""
+    """Run the helper and wait for it; its exit status. Neither it nor what it starts (compiler processes,
+    Inductor's compile workers) may outlive the server, however the server ends (a Space, systemd or a container
+    stop sends SIGTERM to the server alone, and SIGKILL leaves no time to clean up). So on POSIX the helper leads
+    its own process group, and ends the whole group (`end_family`) when its standard input closes (a pipe whose
+    only writer is this process: `watch_parent`) or, on Linux, when the kernel sends it SIGTERM as the thread
+    that started it ends."""
     posix = os.name == "posix"
     # `python -m tinygpt...` must find this package wherever the server was started from (app.py puts its own
     # folder on the server's path; the helper only gets the working directory)
@@ -117,16 +119,21 @@ def run_helper(command: list[str], timeout: float = HELPER_TIMEOUT_S) -> int:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         log.warning("the warm-up helper took over %.0f s; stopped", timeout)
-        proc.kill()
+        if posix:
+            os.killpg(proc.pid, signal.SIGKILL)  # its group: the compilers it started too
+        else:
+            proc.kill()
         return proc.wait()
     finally:
         proc.stdin.close()
 
 
 def _helper_start(server: int):
-    """What the helper runs between fork and exec: the server's stories come first (nice 10), and on Linux the
-    parent-death signal (checked after it is set: the server may already be gone). prctl is looked up here,
-    before the fork: the child of a threaded server should only call it."""
+    """What the helper runs between fork and exec: the server's stories come first (nice 10), a process group of
+    its own (so its family can be ended at once), and on Linux the parent-death signal (checked after it is
+    set: the server may already be gone). SIGTERM, not SIGKILL: the helper's handler ends its children too,
+    and before the handler is installed the default action ends a helper that has none yet. prctl is looked up
+    here, before the fork: the child of a threaded server should only call it."""
     prctl = None
     if sys.platform.startswith("linux"):
         import ctypes
@@ -135,23 +142,35 @@ def _helper_start(server: int):
 
     def start() -> None:
         os.nice(10)
+        os.setpgid(0, 0)
         if prctl is not None:
-            prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+            prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
             if os.getppid() != server:
                 os._exit(1)
     return start
 
 
+def end_family(*_signal) -> None:
+    """In the helper: end it and, when it leads its own process group (as `run_helper` starts it), everything
+    it started: a compiler or compile worker left behind would keep a core busy for minutes. Nothing is lost:
+    the caches it fills are written whole."""
+    log.info("the server has gone; stopping")
+    if os.name == "posix" and os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
+
+
 def watch_parent(fd: int = 0) -> threading.Thread:
-    """In the helper: end this process when its standard input (`fd`) closes, i.e. when the server that holds the
-    pipe's other end has ended, whatever ended it. Nothing is lost: the caches it fills are written whole. The
-    raw descriptor, not sys.stdin: a thread blocked in sys.stdin's read holds its lock, and the interpreter's
-    own exit then aborts on it (a helper that finished its work would report failure)."""
+    """In the helper: `end_family` when its standard input (`fd`) closes, i.e. when the server that holds the
+    pipe's other end has ended, whatever ended it; and when the parent-death signal (SIGTERM) arrives. The raw
+    descriptor, not sys.stdin: a thread blocked in sys.stdin's read holds its lock, and the interpreter's own
+    exit then aborts on it (a helper that finished its work would report failure)."""
+    signal.signal(signal.SIGTERM, end_family)
+
     def watch() -> None:
         while os.read(fd, 4096):
             pass
-        log.info("the server has gone; stopping")
-        os._exit(1)
+        end_family()
     thread = threading.Thread(target=watch, name="tinygpt-watch-parent", daemon=True)
     thread.start()
     return thread
