@@ -8,10 +8,10 @@ import logging
 import os
 import sys
 
-from tinygpt.inference.quantize import PRECISIONS
+from tinygpt.kernels.quantize import PRECISIONS
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import ServeConfig
 from tinygpt.playground.ui import build_demo
+from tinygpt.serving.loading import ServeConfig
 
 log = logging.getLogger("app")
 

@@ -49,10 +49,10 @@ def main() -> None:
     import torch
 
     from tinygpt import GPT, GPTConfig, SamplingParams, Tokenizer, load_checkpoint
-    from tinygpt.inference.batching import Batcher
     from tinygpt.inference.engine import Engine
-    from tinygpt.inference.quantize import default_precision, for_serving
-    from tinygpt.playground.serving import batch_sizes
+    from tinygpt.kernels.quantize import default_precision, for_serving
+    from tinygpt.serving.batching import Batcher
+    from tinygpt.serving.loading import batch_sizes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="default: random reference-size weights")

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, load_checkpoint  # noqa: E402
-from tinygpt.inference import kernels  # noqa: E402
+from tinygpt import kernels  # noqa: E402
 from tinygpt.inference.engine import compile_step, decode_and_sample  # noqa: E402
-from tinygpt.inference.quantize import cache_dtype, default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import TOP_K_MAX, SamplingParams, settings_tensor  # noqa: E402
 from tinygpt.inference.vocab import VocabTopK  # noqa: E402
+from tinygpt.kernels.quantize import cache_dtype, default_precision, for_serving  # noqa: E402
 from tinygpt.model.gpt import CachedAttention  # noqa: E402
 
 warnings.filterwarnings("ignore")

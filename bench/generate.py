@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.inference.quantize import cache_dtype, default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams, choose_token  # noqa: E402
+from tinygpt.kernels.quantize import cache_dtype, default_precision, for_serving  # noqa: E402
 from tinygpt.sharing.export import export_transformers  # noqa: E402
 
 NEW, TOP_K = 120, 50

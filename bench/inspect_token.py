@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
 from tinygpt.inference.inspect import inspect  # noqa: E402
-from tinygpt.inference.quantize import default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams  # noqa: E402
+from tinygpt.kernels.quantize import default_precision, for_serving  # noqa: E402
 from tinygpt.model.checkpoint import SHIPPED_MODEL  # noqa: E402
 
 PROMPT = Tokenizer().encode("Once upon a time, there was a little girl named Lily.")

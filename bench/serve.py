@@ -32,7 +32,7 @@ class EngineAlone:
         import torch
 
         from tinygpt import Engine, Tokenizer, load_checkpoint
-        from tinygpt.inference.quantize import default_precision, for_serving
+        from tinygpt.kernels.quantize import default_precision, for_serving
 
         device = torch.device("cpu")
         model, _ = load_checkpoint(checkpoint, device)

@@ -1,4 +1,4 @@
-"""What a reader sees, in figures: stories from fixed beginnings and seeds, scored (tinygpt.inference.quality).
+"""What a reader sees, in figures: stories from fixed beginnings and seeds, scored (tinygpt.evaluation.quality).
 
     python bench/story_quality.py [CKPT] [--stories 40] [--train-text ../shared/data/tinystories/train.txt]
     python bench/story_quality.py CKPT --min-p 0.05 --repetition-penalty 1.2      # what the sampler adds
@@ -12,7 +12,7 @@ serves. Printed:
 - ended: the share of stories that end with <|endoftext|> within 300 tokens (a story with an end);
 - name kept: of the stories whose beginning names a character, the share that still name them in their last third;
 - story loss: every story of --valid-text scored from its own beginning with the windows the engine reads
-  (tinygpt.training.story_loss), over all tokens and before / after story position 128 (fp32 weights).
+  (tinygpt.evaluation.story_loss), over all tokens and before / after story position 128 (fp32 weights).
 """
 import argparse
 import json
@@ -25,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tinygpt import Tokenizer, load_checkpoint  # noqa: E402
+from tinygpt.evaluation.quality import MAX_NEW, report, vocabulary, write_stories  # noqa: E402
+from tinygpt.evaluation.story_loss import story_line, story_loss  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.inference.quality import MAX_NEW, report, vocabulary, write_stories  # noqa: E402
-from tinygpt.inference.quantize import default_precision, for_serving  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams  # noqa: E402
+from tinygpt.kernels.quantize import default_precision, for_serving  # noqa: E402
 from tinygpt.model.checkpoint import SHIPPED_MODEL  # noqa: E402
-from tinygpt.training.story_loss import story_line, story_loss  # noqa: E402
 
 SETTINGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 

@@ -19,8 +19,8 @@ from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
 from tinygpt.inference.engine import Engine
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import ServeConfig
 from tinygpt.playground.ui import build_demo
+from tinygpt.serving.loading import ServeConfig
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tinygpt.inference.batching import Batcher, QueueFull, StoryFailed
 from tinygpt.inference.engine import Engine, PositionError
 from tinygpt.inference.sampling import SamplingParams
+from tinygpt.serving.batching import Batcher, QueueFull, StoryFailed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,9 +225,9 @@ import torch
 from tests.conftest import TINY
 from tests.test_batching import ends_as_another_slides, submit_together
 from tinygpt import GPT
-from tinygpt.inference.batching import Batcher
 from tinygpt.inference.engine import Engine
-from tinygpt.inference.quantize import for_serving
+from tinygpt.kernels.quantize import for_serving
+from tinygpt.serving.batching import Batcher
 torch.manual_seed(0)
 engine = Engine(for_serving(GPT(TINY).eval(), "int8"), compile=True, batch_sizes=(1, 2, 4))
 if not engine.compiled:

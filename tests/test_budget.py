@@ -7,10 +7,10 @@ import pytest
 from tqdm import tqdm
 
 from tests.test_train import MODEL, config
+from tinygpt.evaluation.data_loss import STORY_SAMPLE
+from tinygpt.evaluation.story_loss import forward_positions
 from tinygpt.training.budget import TimeBudget, parse_duration
 from tinygpt.training.config import TrainConfig
-from tinygpt.training.evaluate import STORY_SAMPLE
-from tinygpt.training.story_loss import forward_positions
 from tinygpt.training.trainer import Trainer
 
 

@@ -8,10 +8,10 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
-from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.playground import serving
+from tinygpt.serving import loading
 from tinygpt.playground.registry import ModelRegistry
+from tinygpt.serving.compute_thread import ComputeThread
 
 
 @pytest.fixture
@@ -55,9 +55,9 @@ def test_a_server_loads_and_decodes_every_model_on_one_thread(tmp_path, monkeypa
     cores every step waits for sleeping workers (the 30M model's step: 4.3 ms instead of 1.3 ms on 2 cores)."""
     torch.manual_seed(0)
     one, two = (save_checkpoint(GPT(TINY), tmp_path / name) for name in ("one", "two"))
-    threads, load, call = set(), serving._load, torch.nn.Module.__call__
+    threads, load, call = set(), loading._load, torch.nn.Module.__call__
 
-    def loading(*args):
+    def load_here(*args):
         threads.add(threading.current_thread())
         return load(*args)
 
@@ -66,9 +66,9 @@ def test_a_server_loads_and_decodes_every_model_on_one_thread(tmp_path, monkeypa
             threads.add(threading.current_thread())
         return call(module, *args, **kwargs)
 
-    monkeypatch.setattr(serving, "_load", loading)
+    monkeypatch.setattr(loading, "_load", load_here)
     monkeypatch.setattr(torch.nn.Module, "__call__", forward)
-    reg = ModelRegistry(serving.ServeConfig(compile=False, checkpoint=str(one), compare=(str(two),)),
+    reg = ModelRegistry(loading.ServeConfig(compile=False, checkpoint=str(one), compare=(str(two),)),
                         default_dir=tmp_path / "out" / "best")
     assert len(reg.models) == 2
     for loaded in reg.models.values():

@@ -30,11 +30,15 @@ def tree(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("module, line, broken", [
     (None, None, None),
     ("model/gpt.py", "from tinygpt.inference import sampling", "Layers import downward only BROKEN"),
-    ("playground/views.py", "from tinygpt.training import evaluate", "never loads the training stack BROKEN"),
+    ("inference/engine.py", "from tinygpt.serving import batching", "Layers import downward only BROKEN"),
+    ("kernels/quantize.py", "from tinygpt.inference import engine", "Layers import downward only BROKEN"),
+    ("playground/views.py", "from tinygpt.training import trainer", "never loads the training stack BROKEN"),
+    ("serving/loading.py", "from tinygpt.training import trainer", "never loads the training stack BROKEN"),
     ("sharing/model_card.py", "from tinygpt.sharing import hub", "No import cycles between modules BROKEN"),
 ])
 def test_the_import_contracts_hold_and_fail_when_broken(tree, module, line, broken):
-    """Catches an upward import (the model reaching into inference), the web app importing the training stack,
+    """Catches an upward import (the model reaching into inference, the engine into the server's machinery, the
+    kernels into the engine), the web app or its serving machinery importing the training stack,
     and a cycle inside a layer (sharing.hub <-> sharing.model_card): each must break a contract."""
     path = tree / "tinygpt" / module if module else None
     before = path.read_text() if path else None

@@ -7,8 +7,8 @@ import torch
 from tests.conftest import TINY
 from tinygpt import generate
 from tinygpt.inference.engine import Engine
-from tinygpt.inference.quantize import PRECISIONS, for_serving
 from tinygpt.inference.sampling import SamplingParams
+from tinygpt.kernels.quantize import PRECISIONS, for_serving
 from tinygpt.sharing.export import export_transformers
 
 TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 1e-2, "int8": 3e-2, "int4": 3e-2}  # else 16-bit or 8-bit numbers

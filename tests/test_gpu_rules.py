@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tinygpt.device import pick_dtype
-from tinygpt.inference.quantize import PRECISIONS, servable_precision
+from tinygpt.kernels.quantize import PRECISIONS, servable_precision
 from tinygpt.training.metrics import PEAK_FLOPS, gpu_model, mfu, peak_flops
 
 CUDA = torch.device("cuda")
@@ -113,7 +113,7 @@ def test_the_app_asked_for_int4_on_a_gpu_serves_in_what_the_gpu_runs(fake_gpu, m
                                                                       caplog):
     """Catches the start-up crash: int4 uses CPU kernels, so on a (faked) T4 the app must load in fp16, say so
     once, and generate. The weights stay on the CPU here; everything else takes the CUDA path."""
-    import tinygpt.playground.serving as serving
+    from tinygpt.serving import loading
     from tests.conftest import TINY
     from tinygpt import GPT, save_checkpoint
     from tinygpt.inference.sampling import SamplingParams
@@ -121,10 +121,10 @@ def test_the_app_asked_for_int4_on_a_gpu_serves_in_what_the_gpu_runs(fake_gpu, m
 
     fake_gpu(name="Tesla T4", capability=(7, 5))
     ckpt = save_checkpoint(GPT(TINY), tmp_path / "best")
-    real_load = serving.from_pretrained
-    monkeypatch.setattr(serving, "from_pretrained", lambda source, device: real_load(source, "cpu"))
+    real_load = loading.from_pretrained
+    monkeypatch.setattr(loading, "from_pretrained", lambda source, device: real_load(source, "cpu"))
     with caplog.at_level("WARNING"):
-        loaded = serving.load_for_serving(str(ckpt), device=CUDA, precision="int4")
+        loaded = loading.load_for_serving(str(ckpt), device=CUDA, precision="int4")
     assert loaded.precision == "fp16" and loaded.model.lm_head.weight.dtype == torch.float16
     assert "int4 uses CPU kernels; serving fp16 on cuda instead" in caplog.text
     snaps = list(stream_story(loaded.engine, tokenizer, "Once", SamplingParams(max_new_tokens=3, seed=0)))

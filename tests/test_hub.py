@@ -74,7 +74,7 @@ def test_load_by_repo_id_from_the_hub_cache_offline(run_dir, tmp_path):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(run_dir / "best", repo / "snapshots" / commit)
-    code = ("from tinygpt.playground.serving import load_for_serving; m = load_for_serving('alice/tiny', precision='fp32'); "
+    code = ("from tinygpt.serving.loading import load_for_serving; m = load_for_serving('alice/tiny', precision='fp32'); "
             "print('loaded', m.num_params, m.info['metadata']['step'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=offline_env(tmp_path),
                        cwd=ROOT, timeout=120)

@@ -132,7 +132,7 @@ def test_bad_requests_get_a_message_that_says_what_to_send(ids, position, prompt
 
 def test_inspect_takes_a_served_copy(trained_like):
     """Catches a view that only works on the fp32 training model (the page inspects the served copy)."""
-    from tinygpt.inference.quantize import for_serving
+    from tinygpt.kernels.quantize import for_serving
 
     served = for_serving(trained_like, "int8")
     a, b = inspect(trained_like, IDS, 9), inspect(served, IDS, 9)

@@ -1,4 +1,4 @@
-"""Our CPU kernels (tinygpt.inference.kernels, kernels_*.cpp): the same numbers as their math written in plain torch,
+"""Our CPU kernels (tinygpt.kernels, kernels_*.cpp): the same numbers as their math written in plain torch,
 row by row whatever the batch, a clean fallback to PyTorch's kernels where they cannot be built, and a cache that
 never loads a library someone else could have written. Nothing here builds them at collection: the
 `built_kernels` fixture does, in the first test that needs them."""
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from tinygpt.inference import kernels
-from tinygpt.inference.quantize import Int4Linear, Int8Linear, WeightOnlyInt8Linear, for_serving
+from tinygpt import kernels
+from tinygpt.kernels.quantize import Int4Linear, Int8Linear, WeightOnlyInt8Linear, for_serving
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +170,7 @@ def test_a_failed_build_is_reported_and_served_around(monkeypatch, caplog, tmp_p
 
     monkeypatch.setattr(kernels, "build", broken)
     monkeypatch.setattr(kernels, "unsupported", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="tinygpt.inference.kernels"):
+    with caplog.at_level(logging.WARNING, logger="tinygpt.kernels"):
         assert kernels.build_and_load(tmp_path / "cache") is None
     assert "boom" in caplog.text and "PyTorch's kernels serve instead" in caplog.text
 
@@ -290,7 +290,7 @@ def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model
     """int8/int4 copies get KernelAttention in every block and an fp16 cache; their prefill and decode logits
     stay those of the same copy with PyTorch's math attention over the same fp16 keys and values."""
     from tinygpt.inference.engine import Engine
-    from tinygpt.inference.quantize import KernelAttention
+    from tinygpt.kernels.quantize import KernelAttention
     from tinygpt.model.gpt import CachedAttention
 
     class MathOverFp16(CachedAttention):
@@ -314,7 +314,8 @@ def test_serving_copies_use_the_attention_kernel_and_decode_as_before(tiny_model
 
 BUILD_OUTPUTS = """
 import sys, torch
-from tinygpt.inference import kernels, quantize
+from tinygpt import kernels
+from tinygpt.kernels import quantize
 kernels.build_choices = lambda *a: [tuple(sys.argv[1].split())] if sys.argv[1] else []
 assert kernels.load()
 torch.manual_seed(0)
@@ -353,7 +354,7 @@ __attribute__((constructor)) static void planted(void) {
     if (f) { fputs("the planted library ran", f); fclose(f); }
 }
 """
-LOAD = "import sys; from tinygpt.inference import kernels; print('loaded' if kernels.load() else 'refused')"
+LOAD = "import sys; from tinygpt import kernels; print('loaded' if kernels.load() else 'refused')"
 
 
 def plant(path, marker):
@@ -436,7 +437,7 @@ WHEEL_BUILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from tinygpt.inference import kernels
+from tinygpt import kernels
 assert Path(kernels.__file__).is_relative_to(sys.argv[1]), kernels.__file__
 assert kernels.load(Path(sys.argv[2])), "the kernels did not build from the installed package"
 print("built", *sorted(p.name for p in Path(sys.argv[2]).iterdir()))

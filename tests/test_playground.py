@@ -13,11 +13,11 @@ from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.inference.engine import SampledToken
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import StoryBuilder, StorySnapshot
+from tinygpt.model.checkpoint import SHIPPED_MODEL
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import ServeConfig, load_for_serving
 from tinygpt.playground.ui import side_by_side
 from tinygpt.playground.views import PART_OF_A_CHARACTER, alternatives_table, request_params, stats_line, token_view
-from tinygpt.model.checkpoint import SHIPPED_MODEL
+from tinygpt.serving.loading import ServeConfig, load_for_serving
 
 HAS_SHIPPED = (SHIPPED_MODEL / "config.json").exists()
 

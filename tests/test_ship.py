@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from tests.conftest import TINY
 from tinygpt import GPT, load_checkpoint, save_checkpoint
 from tinygpt.data.dataloader import TokenDataset
-from tinygpt.playground.registry import candidates
+from tinygpt.evaluation.data_loss import loss_over_all
 from tinygpt.model.checkpoint import SHIPPED_MODEL
+from tinygpt.playground.registry import candidates
 from tinygpt.sharing.ship import ship
-from tinygpt.training.evaluate import loss_over_all
 
 
 def test_int8_checkpoint_is_small_and_loads_close_to_the_original(tmp_path):

@@ -28,7 +28,7 @@ def test_stage_holds_exactly_what_a_space_needs(staged):
     """Catches tests, benches, data, caches or the training scripts shipped to a Space, or the model left out."""
     files = {str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file()}
     needed = {"app.py", "requirements.txt", "README.md", "docs/playground.png", "tinygpt/__init__.py",
-              "tinygpt/assets/gpt2.tiktoken", "tinygpt/inference/kernels_rows.h", "tinygpt/playground/ui.py",
+              "tinygpt/assets/gpt2.tiktoken", "tinygpt/kernels/rows.h", "tinygpt/playground/ui.py",
               "tinygpt/assets/story-model/model.safetensors", "tinygpt/assets/story-model/config.json"}
     assert needed <= files, needed - files
     assert all(f.startswith("tinygpt/") for f in files - {"app.py", "requirements.txt", "README.md",

@@ -1,12 +1,12 @@
-"""Story loss (tinygpt.training.story_loss): each story scored from its own beginning with the contexts the
+"""Story loss (tinygpt.evaluation.story_loss): each story scored from its own beginning with the contexts the
 engine reads while writing it, split at story position 128."""
 import numpy as np
 import pytest
 
 from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.evaluation.story_loss import split_stories, story_loss, story_windows
 from tinygpt.inference.engine import Engine, Stream, sliding_keep
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.training.story_loss import split_stories, story_loss, story_windows
 
 
 def engine_contexts(story, block_size):

@@ -1,10 +1,10 @@
-"""The story-quality figures (tinygpt.inference.quality, bench/story_quality.py) on stories written by hand, where
+"""The story-quality figures (tinygpt.evaluation.quality, bench/story_quality.py) on stories written by hand, where
 the right answers are known, and the stories it writes."""
 from dataclasses import replace
 
 import torch
 
-import tinygpt.inference.quality as sq
+import tinygpt.evaluation.quality as sq
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.sampling import SamplingParams
 

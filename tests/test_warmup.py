@@ -13,13 +13,14 @@ import torch
 
 from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
-from tinygpt.inference import kernels, warmup
-from tinygpt.inference.batching import Batcher
+from tinygpt import kernels
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import ServeConfig
 from tinygpt.playground.ui import warming_text
+from tinygpt.serving import warmup
+from tinygpt.serving.batching import Batcher
+from tinygpt.serving.loading import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12, stop_at_eot=False)
@@ -70,7 +71,7 @@ def test_streams_running_when_the_engine_is_replaced_carry_on_unchanged(tiny_mod
 def test_kernels_are_not_built_when_only_a_built_library_may_be_loaded(tmp_path):
     """Catches load(build=False) building anyway (10 s on the compute thread before the page opens), or
     deciding for the process, so that the library the helper builds later could never be loaded."""
-    code = ("import sys; from pathlib import Path; from tinygpt.inference import kernels; c = Path(sys.argv[1]); "
+    code = ("import sys; from pathlib import Path; from tinygpt import kernels; c = Path(sys.argv[1]); "
             "print(kernels.load(c, build=False), kernels._LIBRARY.tried, sorted(p.name for p in c.glob('*.so')))")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "kernels")], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
@@ -121,10 +122,10 @@ def test_the_compiled_step_is_taken_up_only_between_stories(tmp_path, ckpt, monk
 
 TAKE_OVER = """
 import json, sys, time
-from tinygpt.inference.quantize import Int8Linear
-from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import ServeConfig
 from tinygpt.inference.sampling import SamplingParams
+from tinygpt.kernels.quantize import Int8Linear
+from tinygpt.playground.registry import ModelRegistry
+from tinygpt.serving.loading import ServeConfig
 reg = ModelRegistry(ServeConfig(checkpoint=sys.argv[1], precision="int8", concurrency=2))
 loaded, params = reg.served, SamplingParams(temperature=0, max_new_tokens=8, stop_at_eot=False)
 ours = lambda: isinstance(loaded.model.transformer.h[0].mlp.c_fc, Int8Linear)
@@ -192,13 +193,13 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 # A stand-in server: it starts a helper the way WarmUp does (run_helper) and waits on it.
 SERVER = """
 import sys
-from tinygpt.inference.warmup import run_helper
+from tinygpt.serving.warmup import run_helper
 run_helper([sys.executable, "-c", sys.argv[1]])
 """
-WATCHING = "import time\nfrom tinygpt.inference.warmup import watch_parent\nwatch_parent()\ntime.sleep(120)"
+WATCHING = "import time\nfrom tinygpt.serving.warmup import watch_parent\nwatch_parent()\ntime.sleep(120)"
 NOT_WATCHING = "import time\ntime.sleep(120)"
 # A helper busy in a child of its own, as when it runs a compiler or Inductor's compile workers.
-WATCHING_A_CHILD = ("import subprocess, time\nfrom tinygpt.inference.warmup import watch_parent\nwatch_parent()\n"
+WATCHING_A_CHILD = ("import subprocess, time\nfrom tinygpt.serving.warmup import watch_parent\nwatch_parent()\n"
                     "subprocess.Popen(['sleep', '120'])\ntime.sleep(120)")
 
 
@@ -245,7 +246,7 @@ def test_what_the_helper_started_ends_with_its_server(sig):
 def test_a_watching_helper_that_finishes_exits_cleanly():
     """Catches the watcher breaking the helper's own exit (a thread blocked in sys.stdin's read made the
     interpreter abort at shutdown: every warm-up 'failed' and no server took its fast path)."""
-    finished = "from tinygpt.inference.warmup import watch_parent\nwatch_parent()\nprint('compiled')"
+    finished = "from tinygpt.serving.warmup import watch_parent\nwatch_parent()\nprint('compiled')"
     helper = subprocess.Popen([sys.executable, "-c", finished], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:  # the pipe stays open, as the server holds it
@@ -272,7 +273,7 @@ def test_a_helper_run_by_hand_stays_while_its_input_is_open(tmp_path):
 @linux_only
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
 def test_a_warming_app_leaves_no_helper_behind(tmp_path, ckpt, sig):
-    """Issue 32: `kill -TERM` to a warming app left `python -m tinygpt.inference.warmup` compiling, parent 1.
+    """Issue 32: `kill -TERM` to a warming app left `python -m tinygpt.serving.warmup` compiling, parent 1.
     The real app, started from another folder as a user may (a helper that could not import tinygpt from there
     ended at once: no fast path), cold caches (so the helper is still building and compiling), then the
     signal: within 10 s no helper, nor anything the helper started, is left."""
@@ -289,7 +290,7 @@ def test_a_warming_app_leaves_no_helper_behind(tmp_path, ckpt, sig):
     try:
         def helper_started() -> list[int]:
             return [p for p in children(app.pid)
-                    if b"tinygpt.inference.warmup" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                    if b"tinygpt.serving.warmup" in Path(f"/proc/{p}/cmdline").read_bytes()]
         wait_until(helper_started, timeout=120)
         time.sleep(3.0)  # well into its work
         helper = helper_started()

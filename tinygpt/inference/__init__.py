@@ -1,2 +1,3 @@
-"""Inference: the token-level engine, continuous batching, sampling, reduced-precision serving copies, and
-stories as text."""
+"""Inference: the engine (token ids in, sampled tokens out), sampling, stories as text, and looking inside the
+model at one token. It knows nothing of servers (tinygpt.serving) and calls our CPU kernels only through
+tinygpt.kernels."""

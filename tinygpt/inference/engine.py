@@ -3,7 +3,7 @@
 It owns the decode step: every stream in a batch feeds its newest token through `GPT.forward` (the model's own
 modules, nothing re-implemented) with a KV cache, and gets one sampled token back, sampled on the device, with
 one read from the device per step for the whole batch. A single stream is a batch of one (`generate`); the
-continuous batcher (tinygpt.inference.batching) runs the same step over many. When a stream reaches the
+continuous batcher (tinygpt.serving.batching) runs the same step over many. When a stream reaches the
 context length, the context slides: the last 3/4 of it is re-encoded from position 0 (positions are absolute),
 a bounded cost once every block_size/4 tokens.
 
@@ -22,12 +22,12 @@ from typing import Callable, Iterator
 
 import torch
 
+from tinygpt import kernels
 from tinygpt.data.tokenizer import EOT_ID
-from tinygpt.inference import kernels
-from tinygpt.inference.quantize import cache_dtype
 from tinygpt.inference.sampling import (TOP_K_MAX, SamplingParams, choose_token, pick_top, resolve_seed,
                                         settings_tensor, unpack_row)
 from tinygpt.inference.vocab import VocabTopK
+from tinygpt.kernels.quantize import cache_dtype
 from tinygpt.model.gpt import GPT
 from tinygpt.model.kv_cache import KVCache
 

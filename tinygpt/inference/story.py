@@ -1,7 +1,7 @@
 """Stories as text: the engine's token ids turned into UTF-8-safe text pieces, and one playground request as a
 stream of immutable snapshots (the text so far, each piece with its probability and alternatives, the stats
 and any notices), which a UI can render or keep without copying. Snapshots come from an Engine (one stream,
-blocking) or a Batcher (many streams; `astream_story` for asyncio servers)."""
+blocking) or anything that writes tokens as it does (a server's Batcher: tinygpt.serving.stream)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +9,9 @@ import time
 import unicodedata
 from array import array
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from tinygpt.data.tokenizer import Tokenizer
-from tinygpt.inference.batching import Batcher
 from tinygpt.inference.engine import Engine, SampledToken
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.model.gpt import GPT
@@ -170,19 +169,16 @@ class StoryBuilder:
         return self.snapshot
 
 
-def stream_story(source: Engine | Batcher, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams
+class TokenSource(Protocol):
+    """What writes a story's tokens: an Engine, or a server's Batcher."""
+    block_size: int
+
+    def generate(self, ids: list[int], params: SamplingParams) -> Iterator[SampledToken]: ...
+
+
+def stream_story(source: TokenSource, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams
                  ) -> Iterator[StorySnapshot]:
     """Yield a StorySnapshot after every sampled token. A params.seed of None draws one (shown to the user)."""
     story = StoryBuilder(tokenizer, prompt, params, source.block_size)
     for token in source.generate(story.ids, story.params):
         yield story.add([token])
-
-
-async def astream_story(batcher: Batcher, tokenizer: Tokenizer, prompt: str | None, params: SamplingParams,
-                        interval: float = 0.0, total_rate: float = 0.0, source: str = ""
-                        ) -> AsyncIterator[StorySnapshot]:
-    """stream_story for an asyncio server: a snapshot per list of tokens from `Batcher.chunks` (at most one per
-    `interval` seconds; see there for `total_rate`), holding every token generated since the last."""
-    story = StoryBuilder(tokenizer, prompt, params, batcher.block_size, source)
-    async for tokens in batcher.chunks(story.ids, story.params, interval, total_rate):
-        yield story.add(tokens)

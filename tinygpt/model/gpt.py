@@ -59,7 +59,7 @@ class CachedAttention(nn.Module):
     """Decoding's attention: a few new queries (B, nh, T, hs) over a KV cache's keys and values (B, nh, max_len,
     hs), each query to the slots `mask` (B, 1, T, max_len) allows: those up to its own position. The math backend:
     with a few queries, plain matmuls (fused when compiled) beat flash attention. A module of its own so that a
-    serving copy can compute the same in a kernel (tinygpt.inference.quantize.KernelAttention)."""
+    serving copy can compute the same in a kernel (tinygpt.kernels.quantize.KernelAttention)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with sdpa_kernel(SDPBackend.MATH):

@@ -24,7 +24,7 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
 def _chunks(h: torch.Tensor, head: nn.Module, targets: torch.Tensor, dtype: torch.dtype,
             need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(summed loss, d(sum)/dh, d(sum)/dweight) over all positions; targets < 0 are ignored."""
-    weight = head.weight if isinstance(head, nn.Linear) else None  # else a serving copy (tinygpt.inference.quantize)
+    weight = head.weight if isinstance(head, nn.Linear) else None  # else a serving copy (tinygpt.kernels.quantize)
     n, rows = h.size(0), head.out_features
     chunk = max(1, CHUNK_ELEMENTS // rows)
     w = weight.to(dtype) if weight is not None else None

@@ -9,8 +9,8 @@ import gradio as gr
 from tinygpt.inference.inspect import MAX_IDS, SHARED_ROW, Inspection, inspect
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import LoadedModel
 from tinygpt.playground.views import SCROLL_TO
+from tinygpt.serving.loading import LoadedModel
 
 AVERAGE = "average of the heads"
 TOP_ATTENDED = 5

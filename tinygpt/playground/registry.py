@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.model.checkpoint import SHIPPED_MODEL, CheckpointError
-from tinygpt.playground.serving import DEFAULT_CHECKPOINT, LoadedModel, ServeConfig, load_for_serving
+from tinygpt.serving.compute_thread import ComputeThread
+from tinygpt.serving.loading import DEFAULT_CHECKPOINT, LoadedModel, ServeConfig, load_for_serving
 
 log = logging.getLogger(__name__)
 

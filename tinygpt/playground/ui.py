@@ -8,15 +8,16 @@ from typing import AsyncIterator
 
 import gradio as gr
 
-from tinygpt.inference.batching import QueueFull, StoryFailed
-from tinygpt.inference.quality import BEGINNINGS
+from tinygpt.evaluation.quality import BEGINNINGS
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
-from tinygpt.inference.story import StorySnapshot, astream_story
+from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground import inside
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,
                                       stats_line, token_view)
+from tinygpt.serving.batching import QueueFull, StoryFailed
+from tinygpt.serving.loading import HOW_TO_GET_A_MODEL, LoadedModel
+from tinygpt.serving.stream import astream_story
 
 EXAMPLES = list(BEGINNINGS)  # the beginnings the story-quality report scores too
 # Page updates: each takes CPU on Gradio's event loop that the model needs (bench/serve.py measures the cost).

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from tinygpt.inference.quality import describe
+from tinygpt.evaluation.quality import describe
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import TOP_ALTERNATIVES, StorySnapshot
-from tinygpt.playground.serving import HOW_TO_GET_A_MODEL, LoadedModel
+from tinygpt.serving.loading import HOW_TO_GET_A_MODEL, LoadedModel
 
 # On a phone the settings fill the screen: pressing Generate (or clicking a token) brings the story (or the view
 # inside the model) up, so it is seen (only when less than 300 px of it would show: a page in sight stays still).

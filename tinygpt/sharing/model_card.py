@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from tinygpt.data.tokenizer import Tokenizer
-from tinygpt.inference.quality import describe
+from tinygpt.evaluation.quality import describe
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.checkpoint import load_checkpoint

@@ -16,13 +16,13 @@ import torch
 
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.sources import DataError
+from tinygpt.evaluation.data_loss import loss_over_all
+from tinygpt.evaluation.quality import MAX_NEW, headline_figures, report, write_stories
 from tinygpt.fileio import atomic_dir
 from tinygpt.inference.engine import Engine
-from tinygpt.inference.quality import MAX_NEW, headline_figures, report, write_stories
-from tinygpt.inference.quantize import default_precision, for_serving
+from tinygpt.kernels.quantize import default_precision, for_serving
 from tinygpt.model.checkpoint import (CONFIG, SHIPPED_MODEL, WEIGHTS, CheckpointError, find_loss_curve,
                                       load_checkpoint, write_checkpoint)
-from tinygpt.training.evaluate import loss_over_all
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 10_000_000
@@ -55,7 +55,7 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
 
 
 def story_figures(model, stories: int) -> dict:
-    """The headline story-quality figures (tinygpt.inference.quality) of `stories` stories, as served."""
+    """The headline story-quality figures (tinygpt.evaluation.quality) of `stories` stories, as served."""
     served = for_serving(model, default_precision(torch.device("cpu"), model.config), build_kernels=False)
     figures = report(write_stories(Engine(served), stories))
     return {"stories": stories, "max_new_tokens": MAX_NEW, "settings": "the playground's defaults",

@@ -22,20 +22,20 @@ from tqdm import tqdm
 
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.device import pick_device, pick_dtype
-from tinygpt.inference.quality import headline
+from tinygpt.evaluation.data_loss import STORY_SAMPLE, Evaluator
+from tinygpt.evaluation.quality import headline
+from tinygpt.evaluation.story_loss import forward_positions, story_line
 from tinygpt.model.checkpoint import save_checkpoint
 from tinygpt.model.gpt import GPT, GPTConfig
 from tinygpt.training.budget import TimeBudget, format_duration
 from tinygpt.training.config import TrainConfig
 from tinygpt.training.distributed import DistInfo, any_across, from_main, init_distributed, mean_across, run_on_main
-from tinygpt.training.evaluate import STORY_SAMPLE, Evaluator
+from tinygpt.training.ema import EMA
 from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.training.metrics import mfu as model_flops_utilization
-from tinygpt.training.ema import EMA
 from tinygpt.training.optim import make_optimizers
 from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
-from tinygpt.training.story_loss import forward_positions, story_line
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)

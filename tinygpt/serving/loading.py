@@ -13,13 +13,13 @@ import torch
 
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.device import pick_device
-from tinygpt.inference.batching import Batcher
-from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.engine import Engine
-from tinygpt.inference.quantize import for_serving, servable_precision
-from tinygpt.inference.warmup import WARMING, WarmUp
+from tinygpt.kernels.quantize import for_serving, servable_precision
 from tinygpt.model.checkpoint import SHIPPED_MODEL, find_loss_curve
 from tinygpt.model.gpt import GPT
+from tinygpt.serving.batching import Batcher
+from tinygpt.serving.compute_thread import ComputeThread
+from tinygpt.serving.warmup import WARMING, WarmUp
 from tinygpt.sharing.hub import from_pretrained
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ServeConfig:
 
     checkpoint: str | None = None  # --checkpoint / TINYGPT_CHECKPOINT: a directory or a Hub repo id
     hub_repo: str | None = None  # TINYGPT_HUB_REPO: tried after out/best
-    precision: str | None = None  # None: the device's best for the model (tinygpt.inference.quantize.default_precision)
+    precision: str | None = None  # None: the device's best for the model (tinygpt.kernels.quantize.default_precision)
     compile: bool = True  # torch.compile the decode step (falls back to eager if compiling fails)
     concurrency: int = 32  # stories decoded together, in one batch per step
     max_queue: int = 64  # requests waiting beyond those (per model); more are refused with a message
@@ -99,7 +99,7 @@ def load_for_serving(source: str, device: torch.device | None = None, precision:
     Batcher decoding up to `concurrency` streams together with `max_queue` more waiting. All of it on `compute`
     (a server's one thread for torch work; a new one if not given), where the Batcher then decodes. With
     `warm_up` (a lock a server's models share), the model is served eagerly at once and compiled in the
-    background (tinygpt.inference.warmup) instead of before this returns."""
+    background (tinygpt.serving.warmup) instead of before this returns."""
     compute = compute or ComputeThread()
     return compute.call(_load, source, device, precision, compile, concurrency, max_queue, compute, warm_up)
 

@@ -1,5 +1,5 @@
 // tinygpt::cache_attention: a few new queries' attention over a KV cache (fp32 or fp16), each query to the slots
-// up to its position, for x86 CPUs with AVX2 (tinygpt.inference.kernels builds it; quantize.KernelAttention
+// up to its position, for x86 CPUs with AVX2 (tinygpt.kernels builds it; quantize.KernelAttention
 // calls it). Inductor's fused math attention reads every slot with scalar loops; this reads only the slots a
 // query may see, 8 floats at a time.
 #include <immintrin.h>

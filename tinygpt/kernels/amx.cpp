@@ -1,5 +1,5 @@
-// tinygpt::int8_linear_amx: int8_linear's math (kernels_matmul.cpp) on Intel's AMX tiles, for CPUs that have them
-// (tinygpt.inference.kernels builds it with AMX flags there; elsewhere the op exists and refuses).
+// tinygpt::int8_linear_amx: int8_linear's math (matmul.cpp) on Intel's AMX tiles, for CPUs that have them
+// (tinygpt.kernels builds it with AMX flags there; elsewhere the op exists and refuses).
 //
 // Why: a tile instruction multiplies 16 rows of x by 16 output rows' 64 weights (16,384 int8 products) at once,
 // where a 512-bit VNNI instruction does 64. The sums are exact int32, as VNNI's, and the same float operations
@@ -22,8 +22,8 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
-#include "kernels_amx.h"
-#include "kernels_rows.h"
+#include "amx.h"
+#include "rows.h"
 
 using torch::stable::Tensor;
 
@@ -145,7 +145,7 @@ Tensor int8_linear_amx(Tensor, Tensor, Tensor, std::optional<Tensor>, int64_t) {
 #endif
 }  // namespace
 
-// For tinygpt.inference.kernels (ctypes): 1 if int8_linear_amx runs here (built for AMX, and the OS allows it).
+// For tinygpt.kernels (ctypes): 1 if int8_linear_amx runs here (built for AMX, and the OS allows it).
 extern "C" int tinygpt_amx_ready() {
 #ifdef TINYGPT_AMX
     return amx_permitted() ? 1 : 0;

@@ -1,6 +1,6 @@
 """Evaluating a model in training: the loss on fixed train and validation batches, the loss over every token of
 a token file (each scored once: the figure runs and the shipped model are compared by;
-`python -m tinygpt.training.evaluate CKPT val.bin`), and a sample story."""
+`python -m tinygpt.evaluation.data_loss CKPT val.bin`), and a sample story."""
 from __future__ import annotations
 
 import contextlib
@@ -10,11 +10,11 @@ import torch
 
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.tokenizer import Tokenizer
-from tinygpt.inference.quality import headline_figures, report
+from tinygpt.evaluation.quality import headline_figures, report
+from tinygpt.evaluation.story_loss import story_loss
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.gpt import GPT
-from tinygpt.training.story_loss import story_loss
 
 STORY_SAMPLE = 64  # validation stories scored at each evaluation (all of them at the last: a minute on a CPU)
 
@@ -47,14 +47,14 @@ class Evaluator:
         return loss_over_all(self.model, self.val_data, self.batch_size, self.dtype)
 
     def stories(self, max_stories: int | None = STORY_SAMPLE) -> dict[str, float]:
-        """Story loss (tinygpt.training.story_loss) over the first `max_stories` validation stories (None: all),
+        """Story loss (tinygpt.evaluation.story_loss) over the first `max_stories` validation stories (None: all),
         rounded: what a metrics record keeps."""
         with self.autocast():
             figures = story_loss(self.model, np.asarray(self.val_data.data), max_stories)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
     def sample(self, prompt: str, tokens: int, seed: int) -> tuple[str, dict[str, float]]:
-        """A story at the playground's default settings and its headline figures (tinygpt.inference.quality);
+        """A story at the playground's default settings and its headline figures (tinygpt.evaluation.quality);
         ('', {}) for tokens=0."""
         if tokens <= 0:
             return "", {}
@@ -91,10 +91,10 @@ def loss_over_all(model: torch.nn.Module, data: TokenDataset, batch_size: int = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tinygpt.model.checkpoint import CheckpointError, load_checkpoint
     from tinygpt.data.sources import DataError
+    from tinygpt.model.checkpoint import CheckpointError, load_checkpoint
 
-    p = argparse.ArgumentParser(prog="python -m tinygpt.training.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tinygpt.evaluation.data_loss", description=__doc__)
     p.add_argument("checkpoint", help="checkpoint directory, e.g. out/best")
     p.add_argument("tokens", help="a .bin token file from prepare_data.py, e.g. data/tinystories/val.bin")
     p.add_argument("--batch-size", type=int, default=32)

@@ -1,4 +1,4 @@
-// What the matmul kernels (kernels_matmul.cpp, kernels_amx.cpp) share: each row of x quantized to int8 as it
+// What the matmul kernels (matmul.cpp, amx.cpp) share: each row of x quantized to int8 as it
 // arrives, and writing a few outputs of a row of y.
 #pragma once
 #include <immintrin.h>

@@ -1,6 +1,6 @@
-// tinygpt::int4_linear_amx: int4_linear's math (kernels_matmul.cpp) on Intel's AMX tiles, for CPUs that have them
-// (tinygpt.inference.kernels builds it with AMX flags there; elsewhere the op exists and refuses). Why tiles, and
-// where VNNI takes over: kernels_amx.cpp.
+// tinygpt::int4_linear_amx: int4_linear's math (matmul.cpp) on Intel's AMX tiles, for CPUs that have them
+// (tinygpt.kernels builds it with AMX flags there; elsewhere the op exists and refuses). Why tiles, and
+// where VNNI takes over: amx.cpp.
 //
 // int4: for each tile of 16 output rows and each group of 64 columns, the tile operand's 16 runs of 64 bytes
 // (run i: the 16 rows' codes for columns 4i..4i+3 of the group) packed two to a byte: 8 runs of 64 bytes, run
@@ -22,8 +22,8 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
-#include "kernels_amx.h"
-#include "kernels_rows.h"
+#include "amx.h"
+#include "rows.h"
 
 using torch::stable::Tensor;
 

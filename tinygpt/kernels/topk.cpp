@@ -1,5 +1,5 @@
 // tinygpt::topk: the k largest of each row of a float32 matrix, descending (ties: the lower index first), as
-// torch.topk answers, for ranking a model's 50,257 logits in one pass (tinygpt.inference.kernels builds it).
+// torch.topk answers, for ranking a model's 50,257 logits in one pass (tinygpt.kernels builds it).
 #include <immintrin.h>
 #include <omp.h>
 

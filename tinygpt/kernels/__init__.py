@@ -1,15 +1,22 @@
-"""Our own CPU kernels (kernels_*.cpp): int8 and int4 matmuls on 8-bit integer multiplies, top-k over a row of
-logits, and attention over an fp16 KV cache, loaded as torch ops (`torch.ops.tinygpt.*`) that torch.compile calls
-like any other op.
+"""Our own CPU kernels, and the one door to them: int8 and int4 matmuls on 8-bit integer multiplies, top-k over a
+row of logits, and attention over an fp16 KV cache (the C++ beside this file), loaded as torch ops
+(`torch.ops.tinygpt.*`) that torch.compile calls like any other op.
+
+The door, and who comes through it:
+    load(), loaded(), unsupported(), amx()   build or find the library (the serving copies; the server's warm-up)
+    topk(x, k)                               top-k of each row of logits (inference.engine, inference.vocab)
+    cache_attention(q, k, v, positions)      one query row against the KV cache (quantize.KernelAttention)
+    quantize.for_serving(model, precision)   the reduced-precision serving copies whose layers call the matmuls
+                                             (serving, sharing, bench)
 
 They are built with the machine's C++ compiler against the installed torch, the first time something asks for
-them (`load()`: serving a model in int8 or int4 on a CPU, or `python -m tinygpt.inference.kernels`), never at
-import. The library goes to the user's cache folder (`$XDG_CACHE_HOME/tinygpt/kernels`, else
-`~/.cache/tinygpt/kernels`), created private; a folder or library that another user owns or could have written
-is never loaded. Its name hashes the sources, the compiler flags and the torch installation it links against.
-Where they cannot run (not Linux on x86-64 with AVX2, torch < 2.10, no compiler), `load()` returns False with
-the reason logged and tinygpt.inference.quantize serves with PyTorch's kernels. bench/cpu_kernels.py measures each
-kernel against PyTorch's.
+them (`load()`: serving a model in int8 or int4 on a CPU, or `python -m tinygpt.kernels`), never at import. The
+library goes to the user's cache folder (`$XDG_CACHE_HOME/tinygpt/kernels`, else `~/.cache/tinygpt/kernels`),
+created private; a folder or library that another user owns or could have written is never loaded. Its name
+hashes the sources, the compiler flags and the torch installation it links against. Where they cannot run (not
+Linux on x86-64 with AVX2, torch < 2.10, no compiler), `load()` returns False with the reason logged and
+tinygpt.kernels.quantize serves with PyTorch's kernels. bench/cpu_kernels.py measures each kernel against
+PyTorch's.
 """
 from __future__ import annotations
 
@@ -32,9 +39,8 @@ import torch
 from tinygpt.device import cpu_flags
 
 log = logging.getLogger(__name__)
-SOURCES = tuple(Path(__file__).with_name(f"kernels_{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk",
-                                                                               "attention"))
-HEADERS = tuple(Path(__file__).with_name(f"kernels_{part}.h") for part in ("rows", "amx"))
+SOURCES = tuple(Path(__file__).with_name(f"{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk", "attention"))
+HEADERS = tuple(Path(__file__).with_name(f"{part}.h") for part in ("rows", "amx"))
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")  # AVX2 CPUs have FMA, F16C
 AVX512_VNNI = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")
 # Builds with more instructions, best first: (the flags /proc/cpuinfo must list, the compiler flags). AMX's tiles
@@ -240,10 +246,10 @@ def check_private(path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tinygpt.inference.kernels`: build the kernels now and say which instructions they use."""
+    """`python -m tinygpt.kernels`: build the kernels now and say which instructions they use."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m tinygpt.inference.kernels", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m tinygpt.kernels", description=main.__doc__)
     p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not load():
@@ -252,7 +258,3 @@ def main(argv: list[str] | None = None) -> int:
     log.info("kernels ready: %s (%s%s)", _LIBRARY.path, " ".join(choice) or "AVX2",
              ", AMX tiles in use" if amx() else "")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
-// Our CPU matmul kernels, for x86 CPUs with AVX2 (tinygpt.inference.kernels builds them with kernels_topk.cpp and
-// kernels_attention.cpp; tinygpt.inference.quantize packs the weights):
+// Our CPU matmul kernels, for x86 CPUs with AVX2 (tinygpt.kernels builds them with topk.cpp and
+// attention.cpp; tinygpt.kernels.quantize packs the weights):
 //   tinygpt::int8_linear: y = x @ (w * w_scale).T + b for fp32 activations x and int8 weights w;
 //   tinygpt::int4_linear: y = x @ w.T for 4-bit weights with a scale and an offset per group of 64.
 // Both write only the first n outputs of each row (the weights' rows are padded to a multiple of 4).
@@ -40,7 +40,7 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
-#include "kernels_rows.h"
+#include "rows.h"
 
 using torch::stable::Tensor;
 

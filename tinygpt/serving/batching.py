@@ -2,11 +2,11 @@
 
 Decoding a token reads every weight once whether it is for one stream or sixty-four, so a step over a batch of
 streams costs little more than a step for one. A ComputeThread runs the steps (one thread for all of a server's
-torch work: see tinygpt.inference.compute_thread): between them, new requests join (their prompts prefilled
+torch work: see tinygpt.serving.compute_thread): between them, new requests join (their prompts prefilled
 into free cache rows) and finished, stopped or abandoned ones leave (their rows freed at once). Each stream
 keeps its own settings, seed and position, so a seeded request gives the same story alone or beside others: in
 fp32, and in the CPU defaults int8 and int4 (whose compiled step rounds a row alike at every batch size; see
-engine.compile_step and kernels_matmul.cpp), both measured by bench/batching.py.
+engine.compile_step and matmul.cpp), both measured by bench/batching.py.
 Waiting is bounded: past `max_batch + max_waiting` requests, `submit` raises `QueueFull`.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import threading
 from collections import deque
 from typing import AsyncIterator, Callable, Iterator
 
-from tinygpt.inference.compute_thread import ComputeThread
 from tinygpt.inference.engine import Engine, SampledToken, Stream
 from tinygpt.inference.sampling import SamplingParams
+from tinygpt.serving.compute_thread import ComputeThread
 
 log = logging.getLogger(__name__)
 

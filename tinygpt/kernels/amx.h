@@ -1,4 +1,4 @@
-// What the AMX kernels (kernels_amx.cpp: int8, kernels_amx_int4.cpp: int4) share: the permission to use the
+// What the AMX kernels (amx.cpp: int8, amx_int4.cpp: int4) share: the permission to use the
 // tiles, their configuration, and where VNNI takes over from them. TINYGPT_AMX: built with AMX (kernels.py's
 // flags on a CPU that has it).
 #pragma once

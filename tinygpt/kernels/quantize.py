@@ -1,6 +1,6 @@
 """Reduced-precision copies of a model for serving: bf16, int8, or int8 with an int4 output head.
 
-int8, where our kernels build (x86-64 Linux with AVX2: tinygpt.inference.kernels): every Linear, the head
+int8, where our kernels build (x86-64 Linux with AVX2: tinygpt.kernels): every Linear, the head
 included, keeps int8 weights with one fp32 scale per output channel, and each row of its input is quantized to
 int8 as it arrives, so the dot products run on integer multiplies; everything else stays fp32. Elsewhere int8 is
 weight-only: int8 weights, bf16 compute (`torch._weight_int8pack_mm`), the model in bf16. int4: the same blocks,
@@ -18,9 +18,9 @@ import logging
 import torch
 from torch import nn
 
-from tinygpt.inference import kernels
-from tinygpt.model.gpt import GPT, CachedAttention, GPTConfig
+from tinygpt import kernels
 from tinygpt.model.checkpoint import int8_rows, unwrap
+from tinygpt.model.gpt import GPT, CachedAttention, GPTConfig
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -64,9 +64,9 @@ class Int8Linear(_KernelLinear):
         w = self._pad_rows(linear.weight, 16 if self.amx else 4)
         (rows, k), n = w.shape, self.out_features
         q, scale = int8_rows(w)
-        if self.amx:  # each tile of 16 rows, 4 columns at a time: the rows' 4 weights side by side (kernels_amx.cpp)
+        if self.amx:  # each tile of 16 rows, 4 columns at a time: the rows' 4 weights side by side (amx.cpp)
             packed = q.view(rows // 16, 16, k // 4, 4).transpose(1, 2)
-        else:  # each block of 4 rows, 32 columns at a time, as one run of memory (kernels_matmul.cpp)
+        else:  # each block of 4 rows, 32 columns at a time, as one run of memory (matmul.cpp)
             packed = q.view(rows // 4, 4, k // 32, 32).transpose(1, 2)
         self.register_buffer("packed", packed.contiguous().view(rows, k))
         self.register_buffer("scales", scale)
@@ -137,7 +137,7 @@ class Int4Linear(_KernelLinear):
             runs = q.view(rows // 16, 16, groups, 16, 4).permute(0, 2, 3, 1, 4).to(torch.uint8)
             codes = runs[:, :, :8] | runs[:, :, 8:] << 4
             pairs = torch.cat([scale, offset], -1).view(rows // 16, 16, groups, 2).permute(0, 2, 3, 1)
-        else:  # per block of 4 rows and group: each row's 32 bytes, low nibbles then high (kernels_matmul.cpp)
+        else:  # per block of 4 rows and group: each row's 32 bytes, low nibbles then high (matmul.cpp)
             nibbles = q.view(rows, groups, 2, 32).to(torch.uint8)
             codes = nibbles[:, :, 0] | nibbles[:, :, 1] << 4
             codes = codes.view(rows // 4, 4, groups, 32).transpose(1, 2)

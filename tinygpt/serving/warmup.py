@@ -3,11 +3,11 @@
 A served model decodes eagerly from the start: with our CPU kernels where an earlier start built them, else with
 PyTorch's. The slow part of the fast path (building our kernels, about 10 s, and compiling the decode step for
 every batch size, a minute or more on a first start) runs in a helper process at low priority,
-`python -m tinygpt.inference.warmup`, which leaves its results in the on-disk caches (the kernel library,
+`python -m tinygpt.serving.warmup`, which leaves its results in the on-disk caches (the kernel library,
 Inductor's compiled code). Then, on the server's compute thread and only while no story is being written, the
 model takes them up: a serving copy with our kernels if it had none, then one compiled batch size at a time, a
 second or two each from the caches. Not a thread of the server: torch work on a second thread starts a second
-OpenMP team (see tinygpt.inference.compute_thread), and compiling on the compute thread would stop every story.
+OpenMP team (see tinygpt.serving.compute_thread), and compiling on the compute thread would stop every story.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.inference import kernels
-from tinygpt.inference.batching import Batcher
-from tinygpt.inference.compute_thread import ComputeThread
+from tinygpt import kernels
 from tinygpt.inference.engine import Engine
-from tinygpt.inference.quantize import PRECISIONS, for_serving
+from tinygpt.kernels.quantize import PRECISIONS, for_serving
 from tinygpt.model.checkpoint import load_checkpoint
+from tinygpt.serving.batching import Batcher
+from tinygpt.serving.compute_thread import ComputeThread
 
 log = logging.getLogger(__name__)
 HELPER_TIMEOUT_S = 1800
@@ -63,7 +63,7 @@ class WarmUp:
         threading.Thread(target=self._run_helper, name="tinygpt-warmup", daemon=True).start()
 
     def helper_command(self) -> list[str]:
-        return [sys.executable, "-m", "tinygpt.inference.warmup", str(self.directory), "--precision", self.precision,
+        return [sys.executable, "-m", "tinygpt.serving.warmup", str(self.directory), "--precision", self.precision,
                 "--device", str(self.device), "--batch-sizes", ",".join(map(str, self.batch_sizes)), "--watch-stdin"]
 
     def _run_helper(self) -> None:
@@ -177,9 +177,9 @@ def watch_parent(fd: int = 0) -> threading.Thread:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tinygpt.inference.warmup CHECKPOINT ...`: build the kernels and compile the decode step into
+    """`python -m tinygpt.serving.warmup CHECKPOINT ...`: build the kernels and compile the decode step into
     the on-disk caches (what a WarmUp runs; exit status 0 when the step compiled)."""
-    p = argparse.ArgumentParser(prog="python -m tinygpt.inference.warmup", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m tinygpt.serving.warmup", description=main.__doc__)
     p.add_argument("checkpoint", type=Path, help="a local checkpoint directory")
     p.add_argument("--precision", choices=PRECISIONS, required=True)
     p.add_argument("--device", default="cpu")

@@ -1,0 +1,4 @@
+"""`python -m tinygpt.kernels`: build the kernels now and say which instructions they use."""
+from tinygpt.kernels import main
+
+raise SystemExit(main())
