@@ -61,6 +61,12 @@ def test_soak_sixteen_visitors(tiny, caches):
     assert ", failed 0;" in out and "server RSS" in out
 
 
+def test_training_tab(tiny, caches):
+    out = bench("training_tab.py", "--checkpoint", tiny, "--users", "1", "--tabs", "2", "--seconds", "4",
+                "--rounds", "1", "--max-new-tokens", "16", "--no-compile", env=caches)
+    assert "open / closed" in out and "answers with news" in out
+
+
 def test_cold_start(tiny, caches):
     out = bench("cold_start.py", "--checkpoint", tiny, "--runs", "1", env=caches)
     assert "cold: page answers after" in out
@@ -107,6 +113,6 @@ def test_train_and_cpu_recipe(token_data, tmp_path):
 def test_every_bench_script_has_a_smoke_run():
     """Catches a new bench/ script without a run here."""
     covered = {"serve", "soak", "cold_start", "batching", "cpu_kernels", "generate", "inspect_token",
-               "story_quality", "prepare", "train", "cpu_recipe"}
+               "story_quality", "prepare", "train", "cpu_recipe", "training_tab"}
     scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"visitor"}  # visitor.py: a module the others use
     assert scripts == covered

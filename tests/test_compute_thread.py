@@ -9,8 +9,8 @@ import torch
 from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.serving import loading
 from tinygpt.playground.registry import ModelRegistry
+from tinygpt.serving import loading
 from tinygpt.serving.compute_thread import ComputeThread
 
 
@@ -47,6 +47,27 @@ def test_a_loop_runs_until_idle_and_again_when_woken_and_a_broken_one_is_dropped
     compute.wake()
     time.sleep(0.2)
     assert calls == [3, 2, 1, 1] and compute.call(lambda: "still running") == "still running"
+
+
+def test_a_detached_method_is_no_longer_called(compute):
+    """Catches detach comparing by identity: `obj.method` is a new object each time, so a warm-up (or a reload)
+    that had finished was still called after every step, logging "fast path" again after each story."""
+    class Work:
+        calls = 0
+
+        def loop(self) -> bool:
+            self.calls += 1
+            return False
+
+    work = Work()
+    compute.attach(work.loop)
+    compute.call(lambda: None)
+    compute.detach(work.loop)
+    before = work.calls
+    for _ in range(3):
+        compute.wake()
+        compute.call(lambda: None)
+    assert work.calls == before
 
 
 def test_a_server_loads_and_decodes_every_model_on_one_thread(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ Public API (imported lazily, so `import tinygpt` and the torch-free data tools s
     inspect, Inspection            attention and the logit lens at one token of a story (tinygpt.inference.inspect)
     save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.model.checkpoint)
     from_pretrained                a checkpoint directory or a Hub repo id (tinygpt.sharing.hub)
+    read_run                       a training run's records, progress and snapshots (tinygpt.evaluation.history)
     pick_device, pick_dtype        device and dtype choice (tinygpt.device)
 """
 from importlib import import_module
@@ -26,7 +27,7 @@ _EXPORTS = {
     "GeneratedToken": "inference.story", "Engine": "inference.engine", "SamplingParams": "inference.sampling",
     "Batcher": "serving.batching", "inspect": "inference.inspect", "Inspection": "inference.inspect",
     "save_checkpoint": "model.checkpoint", "load_checkpoint": "model.checkpoint",
-    "CheckpointError": "model.checkpoint", "from_pretrained": "sharing.hub", "pick_device": "device", "pick_dtype": "device",
+    "CheckpointError": "model.checkpoint", "from_pretrained": "sharing.hub", "read_run": "evaluation.history", "pick_device": "device", "pick_dtype": "device",
 }
 __all__ = list(_EXPORTS)
 

@@ -90,4 +90,5 @@ def story_loss(model: GPT, tokens: np.ndarray, max_stories: int | None = None, b
 
 def story_line(figures: dict[str, float], split: int = SPLIT) -> str:
     """'2.105 (before 128: 2.051, after: 2.190)': story loss as a log line or a card shows it."""
-    return f"{figures['all']:.3f} (before {split}: {figures[f'before {split}']:.3f}, after: {figures[f'after {split}']:.3f})"
+    after = f"{figures[f'after {split}']:.3f}" if figures.get(f"tokens after {split}", 1) else "none"
+    return f"{figures['all']:.3f} (before {split}: {figures[f'before {split}']:.3f}, after: {after})"

@@ -78,7 +78,8 @@ class ModelRegistry:
             try:
                 c = self.config
                 loaded = self.loader(source, precision=c.precision, compile=c.compile, concurrency=c.concurrency,
-                                     max_queue=c.max_queue, compute=self.compute, warm_up=self.warm_up)
+                                     max_queue=c.max_queue, compute=self.compute, warm_up=self.warm_up,
+                                     follow=first)
             except CheckpointError as e:
                 log.error("%s", e)
                 if self.problem is None:

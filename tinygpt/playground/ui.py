@@ -13,6 +13,7 @@ from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground import inside
 from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.training_tab import training_tab
 from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,
                                       stats_line, token_view)
 from tinygpt.serving.batching import QueueFull, StoryFailed
@@ -259,10 +260,16 @@ def build_demo(registry: ModelRegistry) -> gr.Blocks:
         problem = gr.Markdown(registry.problem or "", visible=registry.problem is not None, elem_id="problem")
         warming = gr.Markdown(warming_text(registry), visible=bool(registry.warming()), elem_id="warming")
         timer = gr.Timer(WARMING_POLL_S, active=bool(registry.warming()))  # ticks only while warming up
-        with gr.Tab("Story"):
+        with gr.Tab("Story") as story:
             go = story_tab(registry)
-        with gr.Tab("Compare"):
+        with gr.Tab("Compare") as compare:
             compare_tab(registry)
+        with gr.Tab("Training", elem_id="training-tab") as training:
+            run_timer, follow_run, run_outputs = training_tab(registry)
+        # the Training tab asks for news only while it is open
+        training.select(follow_run, outputs=[run_timer, *run_outputs], queue=False, api_visibility="private")
+        for other in (story, compare):
+            other.select(lambda: gr.Timer(active=False), outputs=[run_timer], queue=False, api_visibility="private")
         with gr.Accordion("Model card", open=registry.served is None):
             card = gr.Markdown(model_card(registry.served), elem_id="model-card")
             served = registry.served

@@ -58,8 +58,8 @@ class ComputeThread:
             self._cond.notify()
 
     def detach(self, loop: Callable[[], bool]) -> None:
-        with self._cond:
-            self._loops = [f for f in self._loops if f is not loop]
+        with self._cond:  # ==, not `is`: each `obj.method` is a new bound-method object, equal to the last
+            self._loops = [f for f in self._loops if f != loop]
 
     def wake(self) -> None:
         """A loop has work again."""

@@ -19,6 +19,7 @@ from tinygpt.model.checkpoint import SHIPPED_MODEL, find_loss_curve
 from tinygpt.model.gpt import GPT
 from tinygpt.serving.batching import Batcher
 from tinygpt.serving.compute_thread import ComputeThread
+from tinygpt.serving.reload import Reloader
 from tinygpt.serving.warmup import WARMING, WarmUp
 from tinygpt.sharing.hub import from_pretrained
 
@@ -59,6 +60,7 @@ class LoadedModel:
     precision: str = "fp32"
     num_params: int = 0
     warmup: WarmUp | None = None  # preparing the fast path in the background, when the server asked for it
+    reloader: Reloader | None = None  # serving each new checkpoint written to `directory` (out/best), if followed
 
     @property
     def engine(self) -> Engine:
@@ -93,15 +95,21 @@ def batch_sizes(concurrency: int) -> tuple[int, ...]:
 
 def load_for_serving(source: str, device: torch.device | None = None, precision: str | None = None,
                      compile: bool = False, concurrency: int = 32, max_queue: int = 64,
-                     compute: ComputeThread | None = None, warm_up: threading.Lock | None = None) -> LoadedModel:
+                     compute: ComputeThread | None = None, warm_up: threading.Lock | None = None,
+                     follow: bool = False) -> LoadedModel:
     """Load a local checkpoint directory or a Hub repo id for inference on `device`, converted to
     `precision` (default: the device's fastest), with the decode step compiled if `compile`, served by a
     Batcher decoding up to `concurrency` streams together with `max_queue` more waiting. All of it on `compute`
     (a server's one thread for torch work; a new one if not given), where the Batcher then decodes. With
     `warm_up` (a lock a server's models share), the model is served eagerly at once and compiled in the
-    background (tinygpt.serving.warmup) instead of before this returns."""
+    background (tinygpt.serving.warmup) instead of before this returns. With `follow`, a local checkpoint
+    directory (not the shipped model) that is written anew is served anew (tinygpt.serving.reload)."""
     compute = compute or ComputeThread()
-    return compute.call(_load, source, device, precision, compile, concurrency, max_queue, compute, warm_up)
+    loaded = compute.call(_load, source, device, precision, compile, concurrency, max_queue, compute, warm_up)
+    if follow and Path(source).is_dir() and not loaded.shipped:
+        loaded.reloader = Reloader(loaded.batcher, compute, loaded.directory, loaded.precision, loaded.info,
+                                   busy=lambda: loaded.warming, on_change=lambda info: setattr(loaded, "info", info))
+    return loaded
 
 
 def _load(source: str, device: torch.device | None, precision: str | None, compile: bool, concurrency: int,

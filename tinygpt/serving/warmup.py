@@ -41,11 +41,11 @@ def uses_our_kernels(precision: str, device: torch.device) -> bool:
 
 
 def serving_engine(directory: Path, precision: str, device: torch.device, batch_sizes: tuple[int, ...],
-                   build_kernels: bool) -> Engine:
+                   build_kernels: bool) -> tuple[Engine, dict]:
     """An eager engine over a serving copy of the checkpoint in `directory` (our kernels: built if need be when
-    `build_kernels`, else only if already built)."""
-    model, _ = load_checkpoint(directory, device)
-    return Engine(for_serving(model, precision, build_kernels=build_kernels), batch_sizes=batch_sizes)
+    `build_kernels`, else only if already built), and the checkpoint's config.json."""
+    model, info = load_checkpoint(directory, device)
+    return Engine(for_serving(model, precision, build_kernels=build_kernels), batch_sizes=batch_sizes), info
 
 
 class WarmUp:
@@ -88,7 +88,7 @@ class WarmUp:
             self.kernels_to_load = False
             if kernels.load(build=False):  # the helper built them: a copy on them replaces PyTorch's kernels
                 self.batcher.replace_engine(serving_engine(self.directory, self.precision, self.device,
-                                                           self.batch_sizes, build_kernels=False))
+                                                           self.batch_sizes, build_kernels=False)[0])
             return True
         engine = self.batcher.engine
         sizes = engine.uncompiled_sizes()
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s warm-up %(message)s", datefmt="%H:%M:%S")
     if args.watch_stdin:
         watch_parent()
-    engine = serving_engine(args.checkpoint, args.precision, torch.device(args.device), args.batch_sizes,
-                            build_kernels=True)
+    engine, _ = serving_engine(args.checkpoint, args.precision, torch.device(args.device), args.batch_sizes,
+                               build_kernels=True)
     return 0 if engine.compile_all() else 1
 
 

@@ -2,7 +2,8 @@
 
 `python -m tinygpt.sharing.ship out/best --val data/tinystories/val.bin --recipe "..."` packs a trained checkpoint there:
 matrices in int8 with per-row scales (at most 10 MB in all, so a plain `git push` to a Space needs no Git LFS),
-then loads the packed copy back and scores it on every validation token, so the figure recorded in its
+with its run's metrics.jsonl (curves and sample stories, a few KB; the snapshots stay behind: each is the model's
+own size, and one would already take the folder past 10 MB), then loads the packed copy back and scores it on every validation token, so the figure recorded in its
 config.json is the one of the model users get.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.sources import DataError
 from tinygpt.evaluation.data_loss import loss_over_all
+from tinygpt.evaluation.history import METRICS, run_folder
 from tinygpt.evaluation.quality import MAX_NEW, headline_figures, report, write_stories
 from tinygpt.fileio import atomic_dir
 from tinygpt.inference.engine import Engine
@@ -38,6 +40,8 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
         write_checkpoint(model, tmp, int8=True, **meta)
         if curve := find_loss_curve(checkpoint):
             shutil.copyfile(curve, tmp / "loss.png")
+        if run := run_folder(checkpoint):  # its training records (a few KB): the Training tab's curves and samples
+            shutil.copyfile(run / METRICS, tmp / METRICS)
         size = sum(f.stat().st_size for f in tmp.iterdir())
         if size > MAX_BYTES:
             raise ValueError(f"{checkpoint}: {size / 1e6:.1f} MB packed, over the {MAX_BYTES / 1e6:.0f} MB a Space "

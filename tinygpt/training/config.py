@@ -53,6 +53,8 @@ class TrainConfig:
     resume: bool = _f(False, "continue from out_dir/last/ exactly where it stopped")
     sample_prompt: str = _f("Once upon a time", "prompt of the sample story printed at each evaluation")
     sample_tokens: int = _f(60, "length of that sample story (0 = no sample)")
+    snapshots: int = _f(0, "keep N small serving copies of the weights (int8) at steps spread log-evenly over the "
+                           "run, in out_dir/history/, to read how the stories grew (the playground's Training tab)")
     push_to_hub: str = _f("", "after training, upload out_dir/best to this Hub model repo (USER/NAME)")
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"--muon-lr must be >= 0 (0 = --learning-rate), got {self.muon_lr}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be 0 (off) or a decay below 1 like 0.998, got {self.ema}")
+        if self.snapshots < 0:
+            raise ValueError(f"--snapshots must be >= 0 (0 = none), got {self.snapshots}")
         if self.warmup_iters < 0:
             raise ValueError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
 
@@ -100,7 +104,8 @@ PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=256, dropout=0.0),
         TrainConfig(time_budget="60m", eval_interval=250, eval_iters=10, batch_size=32, tokens_per_step=8192,
                     learning_rate=2e-3, min_lr=2e-4, warmup_iters=50, data_vocab=True, sample_tokens=80,
-                    optimizer="muon", schedule="wsd", cooldown_frac=0.4, weight_decay=0.5, ema=0.998),
+                    optimizer="muon", schedule="wsd", cooldown_frac=0.4, weight_decay=0.5, ema=0.998,
+                    snapshots=6),
     ),
     # The reference 30M model, for one GPU.
     "reference": (GPTConfig(), TrainConfig()),
@@ -108,6 +113,7 @@ PRESETS: dict[str, tuple[GPTConfig, TrainConfig]] = {
     "tiny": (
         GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0),
         TrainConfig(max_iters=300, eval_interval=50, eval_iters=5, log_interval=5, batch_size=16,
-                    tokens_per_step=1024, learning_rate=3e-3, min_lr=3e-4, warmup_iters=20, sample_tokens=40),
+                    tokens_per_step=1024, learning_rate=3e-3, min_lr=3e-4, warmup_iters=20, sample_tokens=40,
+                    snapshots=4),
     ),
 }

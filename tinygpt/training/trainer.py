@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.device import pick_device, pick_dtype
 from tinygpt.evaluation.data_loss import STORY_SAMPLE, Evaluator
+from tinygpt.evaluation.history import ENDED, STOPPED
 from tinygpt.evaluation.quality import headline
 from tinygpt.evaluation.story_loss import forward_positions, story_line
 from tinygpt.model.checkpoint import save_checkpoint
@@ -34,6 +35,7 @@ from tinygpt.training.ema import EMA
 from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.training.metrics import mfu as model_flops_utilization
 from tinygpt.training.optim import make_optimizers
+from tinygpt.training.run_records import RunRecorder
 from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
@@ -77,6 +79,7 @@ class Trainer:
         self.evaluator = Evaluator(self.evaluated, {"train": self.train_data, "val": self.val_data}, config.eval_iters,
                                    config.batch_size, self.device, self.dtype)
         self.metrics = MetricsLog(self.out_dir, self.step if config.resume else None) if self.dist.is_main else None
+        self.records = RunRecorder(self.out_dir, config.snapshots, self.step) if self.dist.is_main else None
         self.stop = StopRequest()
         log.info("model %.2fM parameters; %d micro-batches of %d x %d per step on %d process(es) = %d tokens",
                  self.model.num_params() / 1e6, self.accum, config.batch_size, self.model_config.block_size,
@@ -204,7 +207,7 @@ class Trainer:
         text, figures = self.evaluator.sample(c.sample_prompt, c.sample_tokens, c.seed)
         if text:
             log.info("sample (%s): %s", headline(figures), text.replace("\n", " "))
-            record["sample_quality"] = figures
+            record["sample"], record["sample_quality"] = text, figures
         self.metrics.append({**record, **extra})
         if losses["val"] < self.best_val:
             self.best_val = losses["val"]
@@ -215,7 +218,21 @@ class Trainer:
     def run(self) -> dict | None:
         """Train until max_iters (or a stop request); return the last metrics record (rank 0)."""
         with self.stop:
-            return self._loop()
+            try:
+                return self._loop()
+            except BaseException as e:
+                if self.records:
+                    self.records.finish(self.step, self.max_iters, STOPPED, f"{type(e).__name__}: {e}")
+                raise
+
+    def _record_progress(self, loss: float, rate: float, step_seconds: float) -> None:
+        """progress.json for readers, and a snapshot when one is due (main process)."""
+        if self.records is None:
+            return
+        left = self.budget.left() if self.budget else (self.max_iters - self.step) * step_seconds
+        self.records.progress(self.step, self.max_iters, loss, rate, left, tokens_seen=self.tokens_seen)
+        if self.records.due(self.step, self.max_iters):
+            self.records.snapshot(self.evaluated, self.step, self.tokens_seen)
 
     def _loop(self) -> dict | None:
         c, record = self.config, None
@@ -240,6 +257,7 @@ class Trainer:
             if self.step % c.log_interval == 0:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
             bar.update(1)
+            self._record_progress(loss, rate, self.step_tokens / rate if rate else 0.0)
             if any_across(self.stop.requested, self.dist, self.device):
                 break
             final = self.step >= self.max_iters
@@ -258,6 +276,10 @@ class Trainer:
         if self.stop.requested:  # saved first; nothing optional on the way out
             run_on_main(lambda: self.save("last", None), self.dist, self.device, "saving last/")
             log.info("stopped at step %d and saved %s; continue with --resume", self.step, self.out_dir / "last")
+        if self.records:
+            stopped = self.stop.requested and self.step < self.max_iters
+            self.records.finish(self.step, self.max_iters, STOPPED if stopped else ENDED,
+                                "stopped by a signal; continue with --resume" if stopped else "")
         bar.close()
         if self.dist.enabled:  # the other ranks wait while rank 0 evaluates and saves, then all shut down together
             torch.distributed.barrier()
