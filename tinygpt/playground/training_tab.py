@@ -55,13 +55,18 @@ class TrainingView:
         return (str(directory), stamp, step), run, step, serving
 
     def poll(self, seen: tuple | None) -> tuple:
-        """(what was seen, status, curve, samples, snapshot steps), or a skip of each when nothing is new."""
+        """(what was seen, status, curve, samples, snapshot steps): each part only when what it shows changed
+        (a live run rewrites its progress every few seconds, its records once per evaluation), else a skip."""
         key, run, _, serving = self.read()
-        if key == seen:
+        directory, (metrics, _, history, exists, _), _ = key
+        parts = (key, (directory, metrics, exists), (directory, history, exists))
+        old = seen or (None, None, None)
+        if parts[0] == old[0]:
             return (gr.skip(),) * 5
         steps = ", ".join(f"{s.step:,}" for s in run.snapshots)
         note = f"Snapshots at steps {steps}." if steps else "This run kept no snapshots (`train.py --snapshots N`)."
-        return key, status_text(run, serving), curve_frame(run), samples_html(run), note
+        records = (curve_frame(run), samples_html(run)) if parts[1] != old[1] else (gr.skip(), gr.skip())
+        return parts, status_text(run, serving), *records, note if parts[2] != old[2] else gr.skip()
 
     def snapshot_story(self, step: int, prompt: str, params: SamplingParams) -> str:
         """The story the snapshot at `step` writes (on the server's compute thread; remembered)."""
