@@ -11,6 +11,9 @@ serves. Printed:
 - unknown words per 100: words (lower-cased letters) found nowhere in the training text (made-up words);
 - ended: the share of stories that end with <|endoftext|> within 300 tokens (a story with an end);
 - name kept: of the stories whose beginning names a character, the share that still name them in their last third;
+- cast kept past 128: of the stories longer than 128 tokens that name someone in their first 128, the share that
+  name no one new after token 128 (a capitalized word not starting a sentence or a quote); printed beside the
+  same share over --valid-text, written by people, who do bring in new characters;
 - story loss: every story of --valid-text scored from its own beginning with the windows the engine reads
   (tinygpt.evaluation.story_loss), over all tokens and before / after story position 128 (fp32 weights).
 """
@@ -35,10 +38,14 @@ from tinygpt.model.checkpoint import SHIPPED_MODEL  # noqa: E402
 SETTINGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 
+def split_text(path: Path) -> list[str]:
+    """The stories of a file where each is followed by a line holding <|endoftext|>."""
+    return [s.strip() for s in path.read_text().split("<|endoftext|>") if s.strip()]
+
+
 def read_stories(path: Path, tokenizer: Tokenizer) -> list[int]:
-    """A stories file (each followed by a line holding <|endoftext|>) as one token list, as prepare_data.py writes."""
-    stories = [s.strip() for s in path.read_text().split("<|endoftext|>") if s.strip()]
-    return [t for story in stories for t in [*tokenizer.encode(story), tokenizer.eot_id]]
+    """A stories file as one token list, each story followed by <|endoftext|>, as prepare_data.py writes."""
+    return [t for story in split_text(path) for t in [*tokenizer.encode(story), tokenizer.eot_id]]
 
 
 def story_loss_figures(figures: dict) -> dict:
@@ -71,12 +78,18 @@ def main() -> int:
         print(f"--- {prompt}{text}{' <|endoftext|>' if ended else ''}\n")
     settings = {name: getattr(params, name) for name in SETTINGS}
     print(f"{args.checkpoint}: {args.stories} stories, up to {MAX_NEW} tokens, {settings}")
-    figures = report(stories, known)
+    figures = report(stories, known, Tokenizer())
     for name, value in figures.items():
-        print(f"{name}: {value:.3f}" if "per 100" not in name else f"{name}: {value:.2f}")
+        print(f"{name}: {value:.0f}" if name.startswith("stories") else f"{name}: {value:.2f}" if "per 100" in name
+              else f"{name}: {value:.3f}")
     if known is None:
         print(f"(unknown words not counted: no {args.train_text})")
     if args.valid_text.is_file():
+        people = report([("", story, True) for story in split_text(args.valid_text)], tokenizer=Tokenizer())
+        print(f"cast kept past 128 in {args.valid_text.name}, written by people: "
+              f"{people.get('cast kept past 128', float('nan')):.3f} "
+              f"(of {people.get('stories past 128 naming someone', 0):.0f} stories)")
+        figures["people's cast kept past 128"] = people.get("cast kept past 128", float("nan"))
         tokens = np.array(read_stories(args.valid_text, Tokenizer()), dtype=np.int64)
         figures |= {f"story loss {k}": v for k, v in story_loss(model, tokens).items() if "tokens" not in k}
         print(f"story loss over {args.valid_text.name}: {story_line(story_loss_figures(figures))}")

@@ -55,3 +55,20 @@ def test_write_stories_uses_each_beginning_and_seed_and_marks_the_ending(trained
         trained_like.transformer.ln_f.bias.copy_(eot_row)
     assert sq.write_stories(Engine(trained_like.eval()), 2, SamplingParams(temperature=0.0), tokenizer) == [
         (sq.BEGINNINGS[0], "", True), (sq.BEGINNINGS[1], "", True)]
+
+
+SPOT = ("Once upon a time, there was a little dog named Spot. Spot liked to run in the park with his friend Tom. "
+        "Every day, Spot and Tom played with a big red ball under the tall green trees. ")
+
+
+def test_a_story_that_swaps_its_hero_past_128_tokens_is_caught(tokenizer):
+    """Catches the figure missing what issue 33 names: the dog that is Spot, then Max, past the window."""
+    stays = SPOT * 4 + "Spot was happy. Tom said, \"Good dog, Spot!\""
+    swaps = SPOT * 4 + "Max was happy. Tom said, \"Good dog, Max!\""
+    assert len(tokenizer.encode(SPOT * 4)) > 128
+    assert sq.cast_kept(stays, tokenizer) is True and sq.cast_kept(swaps, tokenizer) is False
+    assert sq.cast_kept("Lily had a red ball.", tokenizer) is None  # shorter than the window: not counted
+    assert sq.names('She said, "Yes, Lily." The end. Then Ben came.') == [(16, "Lily"), (37, "Ben")]  # not She, Yes, The, Then
+    figures = sq.report([("", stays, True), ("", swaps, True), ("", "Lily ran.", True)], tokenizer=tokenizer)
+    assert figures["cast kept past 128"] == 0.5 and figures["stories past 128 naming someone"] == 2
+    assert "cast kept past 128" in sq.headline_figures(figures)

@@ -31,10 +31,29 @@ POINTS = """() => new Set([...document.querySelectorAll('#run-curve [aria-label]
     .filter(label => /^step: \\d+; loss: [0-9.]+; split: (train|val)/.test(label))).size"""
 
 
+def api_gives_the_run_and_each_snapshots_story(url: str, out: Path, best: int) -> None:
+    """The same through the API (one app and one run for both, for CI's time)."""
+    from gradio_client import Client
+
+    (out / "metrics.jsonl").open("a").write('{"step": 999, "train_lo')  # a line being written: left for later
+    client = Client(url, verbose=False)
+    record = client.predict(api_name="/training_run")
+    assert record["state"] == "ended" and [r["step"] for r in record["records"]] == [50, 100, 150]
+    assert record["snapshots"] == [10, 39, 150] and record["serving_step"] == best
+    stories = {client.predict(step, "Once upon a time", 3, 30, api_name="/snapshot_story")
+               for step in record["snapshots"]}
+    assert len(stories) == 3
+    again = client.predict(record["snapshots"][0], "Once upon a time", 3, 30, api_name="/snapshot_story")
+    assert again in stories  # the same prompt and seed: the same story
+    with pytest.raises(Exception, match="no snapshot at step 11"):
+        client.predict(11, "Once", 1, 10, api_name="/snapshot_story")
+
+
 @needs_chromium
 def test_the_tab_follows_a_run_live_and_the_new_best_is_served_without_a_reload(tmp_path, token_data):
     """Catches a tab that needs a reload to see a run (or stops polling), a new best that is not served until a
-    restart, and a traceback where a folder has no run yet or was deleted."""
+    restart, snapshots that write the same story, and a traceback where a folder has no run yet, a line is half
+    written, or the folder was deleted; then the API's answers for the same run."""
     from playwright.sync_api import expect
 
     torch.manual_seed(0)
@@ -68,6 +87,7 @@ def test_the_tab_follows_a_run_live_and_the_new_best_is_served_without_a_reload(
             assert len(set(texts)) == 3 and all(t.startswith("Once upon a time") for t in texts)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "training-tab.png"), full_page=True)
+            api_gives_the_run_and_each_snapshots_story(url, tmp_path / "out", best)
             shutil.rmtree(tmp_path / "out")  # deleted while the tab is open
             expect(status).to_contain_text("There is no run folder", timeout=30_000)
     finally:
@@ -76,28 +96,3 @@ def test_the_tab_follows_a_run_live_and_the_new_best_is_served_without_a_reload(
         out = stop_app(proc)
     assert "Traceback" not in out, out[-3000:]
     assert "now serving step" in out
-
-
-def test_the_api_gives_the_run_and_each_snapshots_story(tmp_path, token_data):
-    from gradio_client import Client
-
-    run = train(token_data, tmp_path / "out")
-    assert run.wait(timeout=180) == 0, run.stdout.read()[-3000:]
-    (tmp_path / "out" / "metrics.jsonl").open("a").write('{"step": 999, "train_lo')  # a line being written
-    proc, url, _ = start_app(tmp_path)
-    try:
-        client = Client(url, verbose=False)
-        record = client.predict(api_name="/training_run")
-        assert record["state"] == "ended" and [r["step"] for r in record["records"]] == [50, 100, 150]
-        best = json.loads((tmp_path / "out" / "best" / "config.json").read_text())["metadata"]["step"]
-        assert record["snapshots"] == [10, 39, 150] and record["serving_step"] == best
-        stories = {client.predict(step, "Once upon a time", 3, 30, api_name="/snapshot_story")
-                   for step in record["snapshots"]}
-        assert len(stories) == 3
-        again = client.predict(record["snapshots"][0], "Once upon a time", 3, 30, api_name="/snapshot_story")
-        assert again in stories  # the same prompt and seed: the same story
-        with pytest.raises(Exception, match="no snapshot at step 11"):
-            client.predict(11, "Once", 1, 10, api_name="/snapshot_story")
-    finally:
-        out = stop_app(proc)
-    assert "Traceback" not in out, out[-3000:]

@@ -1,5 +1,7 @@
 """What a reader sees, in figures: stories from the playground's beginnings and fixed seeds, scored for loops
-(repeated 3- and 4-grams), variety (distinct-1/2), made-up words, endings and a named character kept.
+(repeated 3- and 4-grams), variety (distinct-1/2), made-up words, endings, a named character kept, and a cast
+kept past the 128-token window (no one new named after it; written by people, stories do bring in someone new,
+so read it beside the same figure over valid.txt, which bench/story_quality.py prints).
 
 Used by bench/story_quality.py (a checkpoint's full report), by each evaluation in training (the sample's
 figures) and by the shipped model's card.
@@ -11,6 +13,7 @@ from dataclasses import replace
 from typing import Iterable
 
 from tinygpt.data.tokenizer import Tokenizer
+from tinygpt.evaluation.story_loss import SPLIT
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.sampling import SamplingParams
 
@@ -19,7 +22,7 @@ BEGINNINGS = ("Once upon a time, there was a little girl named Lily.", "Tom and 
               "Ben had a red ball. He")  # the playground's examples
 MAX_NEW = 300
 WORD = re.compile(r"[a-z]+")
-HEADLINE = ("repeated 4-grams", "distinct-2", "ended", "name kept")
+HEADLINE = ("repeated 4-grams", "distinct-2", "ended", "name kept", "cast kept past 128")
 
 
 def words(text: str) -> list[str]:
@@ -50,9 +53,36 @@ def first_name(prompt: str) -> str | None:
     return m.group(1) if m else None
 
 
-def report(stories: list[tuple[str, str, bool]], known: set[str] | None = None) -> dict[str, float]:
+NOT_NAMES = {"I", "Mom", "Dad", "Mommy", "Daddy", "Grandma", "Grandpa", "Mr", "Mrs", "Miss", "The", "Once", "One"}
+NAME = re.compile(r"\b[A-Z][a-z]+\b")
+
+
+def names(text: str) -> list[tuple[int, str]]:
+    """(character offset, name) of each capitalized word that neither starts a sentence nor opens a quote."""
+    found = []
+    for m in NAME.finditer(text):
+        before = text[:m.start()].rstrip()
+        if before and before[-1] not in '.!?"\u201c\u201d:' and m.group() not in NOT_NAMES:
+            found.append((m.start(), m.group()))
+    return found
+
+
+def cast_kept(story: str, tokenizer: Tokenizer, split: int = SPLIT) -> bool | None:
+    """For a story longer than `split` tokens that names someone in its first `split`: True when its part past
+    token `split` names no one new (the dog that was Spot stays Spot). None for a story this does not apply to."""
+    ids = tokenizer.encode(story)
+    if len(ids) <= split:
+        return None
+    cut = len(tokenizer.decode(ids[:split]))
+    found = names(story)
+    early = {n for at, n in found if at < cut}
+    return {n for at, n in found if at >= cut} <= early if early else None
+
+
+def report(stories: list[tuple[str, str, bool]], known: set[str] | None = None,
+           tokenizer: Tokenizer | None = None) -> dict[str, float]:
     """Figures over (prompt, generated text, ended with <|endoftext|>) triples; `known`: the training text's
-    words (then 'unknown words per 100' too)."""
+    words (then 'unknown words per 100' too); `tokenizer`: then 'cast kept past 128' too (see `cast_kept`)."""
     r3 = r4 = n3 = n4 = unknown = total = 0
     uni, bi, n_uni, n_bi, named, kept = set(), set(), 0, 0, 0, 0
     for prompt, text, _ in stories:
@@ -76,6 +106,11 @@ def report(stories: list[tuple[str, str, bool]], known: set[str] | None = None) 
         out["name kept"] = kept / named
     if known is not None:
         out["unknown words per 100"] = 100 * unknown / max(total, 1)
+    if tokenizer is not None:
+        kept_cast = [k for prompt, text, _ in stories if (k := cast_kept(prompt + text, tokenizer)) is not None]
+        if kept_cast:
+            out["cast kept past 128"] = sum(kept_cast) / len(kept_cast)
+            out["stories past 128 naming someone"] = len(kept_cast)
     return out
 
 
@@ -90,7 +125,8 @@ def headline(figures: dict[str, float], keys: Iterable[str] = HEADLINE) -> str:
 
 
 PLAIN_WORDS = {"repeated 4-grams": "4-grams repeated", "distinct-2": "distinct word pairs", "ended": "ended",
-               "name kept": "still name their hero at the end"}
+               "name kept": "still name their hero at the end",
+               "cast kept past 128": "of those past 128 tokens, name no one new after it"}
 
 
 def describe(record: dict) -> str:

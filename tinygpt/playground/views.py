@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from tinygpt.evaluation.quality import describe
+from tinygpt.evaluation.story_loss import story_line
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import TOP_ALTERNATIVES, StorySnapshot
 from tinygpt.serving.loading import HOW_TO_GET_A_MODEL, LoadedModel
@@ -30,6 +31,8 @@ def model_card(loaded: LoadedModel | None) -> str:
             ("shape", f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size} tokens{vocab}"),
             ("training tokens", f"{tokens / 1e6:,.1f}M" if tokens else "unknown"),
             ("validation loss", f"{val:.3f} nats/token" if val is not None else "unknown"), ("step", meta.get("step", "?"))]
+    if story := next((meta[k] for k in ("shipped_story_loss", "story_loss_all") if meta.get(k)), None):
+        rows.append(("story loss", f"{story_line(story)} nats/token, each validation story from its beginning"))
     if quality := meta.get("story_quality"):
         rows.append(("its stories", describe(quality)))
     if recipe := meta.get("recipe"):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.evaluation.quality import describe
+from tinygpt.evaluation.story_loss import story_line
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import generate
 from tinygpt.model.checkpoint import load_checkpoint
@@ -26,6 +27,7 @@ A {params:.1f}M-parameter GPT-2-style language model trained from scratch on
 | training tokens | {tokens} |
 | step | {step} |
 | final validation loss | {val_loss} |
+| story loss (each validation story from its beginning: all, before and after position 128) | {story_loss} |
 | its stories | {quality} |
 
 ## Training settings
@@ -83,6 +85,11 @@ def quality_line(quality: dict | None) -> str:
     return describe(quality) if quality else "not measured (`python bench/story_quality.py CKPT`)"
 
 
+def story_cell(meta: dict) -> str:
+    story = next((meta[k] for k in ("shipped_story_loss", "story_loss_all") if meta.get(k)), None)
+    return story_line(story) if story else "not measured (`python bench/story_quality.py CKPT`)"
+
+
 def render_model_card(checkpoint: str | Path, repo_id: str, has_loss_png: bool = False) -> str:
     """README.md text: YAML metadata (license, datasets, tags, library) and the model's facts."""
     from huggingface_hub import ModelCardData
@@ -101,5 +108,6 @@ def render_model_card(checkpoint: str | Path, repo_id: str, has_loss_png: bool =
         val_loss=f"{val:.4f}" if val is not None else "unknown",
         train_config=json.dumps(meta.get("train_config", {}), indent=2),
         loss_picture="![Training and validation loss](loss.png)" if has_loss_png else "",
-        sample=sample_story(model), quality=quality_line(meta.get("story_quality")))
+        sample=sample_story(model), quality=quality_line(meta.get("story_quality")),
+        story_loss=story_cell(meta))
     return f"---\n{data.to_yaml()}\n---\n{body}"

@@ -13,13 +13,16 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tinygpt.data.dataloader import TokenDataset
+from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.data.sources import DataError
 from tinygpt.evaluation.data_loss import loss_over_all
 from tinygpt.evaluation.history import METRICS, run_folder
 from tinygpt.evaluation.quality import MAX_NEW, headline_figures, report, write_stories
+from tinygpt.evaluation.story_loss import story_loss
 from tinygpt.fileio import atomic_dir
 from tinygpt.inference.engine import Engine
 from tinygpt.kernels.quantize import default_precision, for_serving
@@ -50,6 +53,8 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
         data = TokenDataset(val_bin, packed.config.block_size)
         packed_info["metadata"]["shipped_val_loss"] = round(loss_over_all(packed, data), 4)
         packed_info["metadata"]["shipped_val_tokens"] = len(data) - 1
+        packed_info["metadata"]["shipped_story_loss"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in
+                                                         story_loss(packed, np.asarray(data.data)).items()}
         packed_info["metadata"]["story_quality"] = story_figures(packed, stories)
         packed_info["size_bytes"] = size
         del packed_info["directory"]  # where load_checkpoint read it from: the temporary folder
@@ -61,7 +66,7 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
 def story_figures(model, stories: int) -> dict:
     """The headline story-quality figures (tinygpt.evaluation.quality) of `stories` stories, as served."""
     served = for_serving(model, default_precision(torch.device("cpu"), model.config), build_kernels=False)
-    figures = report(write_stories(Engine(served), stories))
+    figures = report(write_stories(Engine(served), stories), tokenizer=Tokenizer())
     return {"stories": stories, "max_new_tokens": MAX_NEW, "settings": "the playground's defaults",
             **headline_figures(figures)}
 
