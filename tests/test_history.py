@@ -126,6 +126,7 @@ def test_the_shipped_folder_carries_its_runs_records(tmp_path):
     assert packed and (tmp_path / "shipped" / METRICS).read_text() == (out / METRICS).read_text()
     assert run_folder(tmp_path / "shipped") == tmp_path / "shipped"
     assert read_run(tmp_path / "shipped").records[0]["sample"] == RECORD["sample"]
+    assert set(packed["metadata"]["shipped_story_loss"]) >= {"all", "before 128", "after 128"}
 
 
 def test_status_says_how_far_and_how_it_ended(tmp_path):

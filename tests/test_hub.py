@@ -22,7 +22,8 @@ def run_dir(tmp_path):
     """out/ as train.py leaves it: best/ plus a loss curve beside it."""
     torch.manual_seed(0)
     save_checkpoint(GPT(TINY), tmp_path / "best", step=40, tokens_seen=12345, val_loss=4.2,
-                    train_config={"learning_rate": 0.003, "batch_size": 16})
+                    train_config={"learning_rate": 0.003, "batch_size": 16},
+                    story_loss_all={"all": 4.5, "before 128": 4.25, "after 128": 4.75, "tokens after 128": 9})
     (tmp_path / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
     return tmp_path
 
@@ -41,6 +42,7 @@ def test_model_card_has_valid_metadata_and_the_metrics(run_dir):
     assert "4.2000" in body and "12,345" in body and "| step | 40 |" in body
     assert '"learning_rate": 0.003' in body and "![Training and validation loss](loss.png)" in body
     assert "Once upon a time" in body and "AutoModelForCausalLM" in body and "alice/tiny-stories" in body
+    assert "| 4.500 (before 128: 4.250, after: 4.750) |" in body  # story loss, each story from its beginning
 
 
 def test_push_dry_run_lists_exactly_the_files_and_touches_nothing(run_dir):

@@ -191,3 +191,16 @@ def test_a_prompt_that_is_not_text_gets_a_clear_message():
 
     with pytest.raises(gr.Error, match="prompt must be text, got int"):
         asyncio.run(anext(story_stream(None, 123, SamplingParams())))
+
+
+def test_the_model_card_shows_the_story_loss_where_it_was_measured(tmp_path):
+    """Catches the page's card leaving out the figure issue 33 asks of every card (or inventing one)."""
+    from tinygpt.playground.views import model_card
+
+    torch.manual_seed(0)
+    measured = save_checkpoint(GPT(TINY), tmp_path / "a", step=5, story_loss_all={
+        "all": 3.5, "before 128": 3.25, "after 128": 3.75, "tokens after 128": 7})
+    unmeasured = save_checkpoint(GPT(TINY), tmp_path / "b", step=5)
+    card = model_card(load_for_serving(str(measured), precision="fp32"))
+    assert "| story loss | 3.500 (before 128: 3.250, after: 3.750) nats/token" in card
+    assert "story loss" not in model_card(load_for_serving(str(unmeasured), precision="fp32"))
