@@ -89,6 +89,12 @@ def test_generate(tmp_path):
                                      "--reps", "1")
 
 
+def test_profile_step(tiny, caches):
+    out = bench("profile_step.py", "--checkpoint", tiny, "--batch", "1", "2", "--steps", "3", "--top", "5",
+                "--no-compile", env=caches)  # the compiled step's figure: bench/generate.py's smoke compiles
+    assert "µs/call" in out and "batch 2:" in out
+
+
 def test_inspect_token(tiny):
     assert "ms" in bench("inspect_token.py", "--checkpoint", tiny, "--reps", "1")
 
@@ -114,6 +120,6 @@ def test_train_and_cpu_recipe(token_data, tmp_path):
 def test_every_bench_script_has_a_smoke_run():
     """Catches a new bench/ script without a run here."""
     covered = {"serve", "soak", "cold_start", "batching", "cpu_kernels", "generate", "inspect_token",
-               "story_quality", "prepare", "train", "cpu_recipe", "training_tab"}
+               "story_quality", "prepare", "train", "cpu_recipe", "training_tab", "profile_step"}
     scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"visitor"}  # visitor.py: a module the others use
     assert scripts == covered
