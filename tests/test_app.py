@@ -272,7 +272,11 @@ def test_browser_every_element_id_is_used_once(server):
         expect(page.locator("#generate")).to_be_enabled(timeout=30_000)
         assert page.evaluate(DUPLICATE_IDS) == []
         page.locator("#max-new input[type=number]").fill("6")
+        page.locator("#seed input").fill("11")  # a story that runs its 6 tokens
+        expect(page.locator("#max-new input[type=number]")).to_have_value("6")
         page.locator("#generate").click()
+        # wait for the story's end itself: Stop is also disabled before the click takes effect
+        expect(page.locator("#stats")).to_contain_text("6 tokens", timeout=60_000)
         expect(page.locator("#stop")).to_be_disabled(timeout=30_000)
         page.locator("#thinking .token").nth(2).click()
         expect(page.locator("#inside-lens")).to_be_visible(timeout=15_000)
