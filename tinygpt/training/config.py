@@ -51,6 +51,9 @@ class TrainConfig:
                                  "rest share one row; losses stay full-vocabulary): ~4x faster small models on CPUs")
     seed: int = _f(1337, "seed for weights, batches and dropout")
     resume: bool = _f(False, "continue from out_dir/last/ exactly where it stopped")
+    init_from: str = _f("", "start from the weights of a saved model (a checkpoint folder) instead of new ones; "
+                            "its shape and vocabulary win over the flags but --block-size, which may grow its "
+                            "window", metavar="DIR")
     sample_prompt: str = _f("Once upon a time", "prompt of the sample story printed at each evaluation")
     sample_tokens: int = _f(60, "length of that sample story (0 = no sample)")
     snapshots: int = _f(0, "keep N small serving copies of the weights (int8) at steps spread log-evenly over the "
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"--ema must be 0 (off) or a decay below 1 like 0.998, got {self.ema}")
         if self.snapshots < 0:
             raise ValueError(f"--snapshots must be >= 0 (0 = none), got {self.snapshots}")
+        if self.init_from and self.resume:
+            raise ValueError("--init-from starts a new run and --resume continues one in --out-dir: use one")
         if self.warmup_iters < 0:
             raise ValueError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
 

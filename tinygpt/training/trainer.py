@@ -39,6 +39,7 @@ from tinygpt.training.run_records import RunRecorder
 from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
+from tinygpt.training.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,12 @@ class Trainer:
             torch.backends.cudnn.conv.fp32_precision = "tf32"
 
     def _model(self, model_config: GPTConfig) -> GPT:
-        """The model to train, with the data it reads: resumed (the saved shape wins over flags), or new and
-        seeded; with --data-vocab, rows for only the ids in train.bin (a new config: the one passed stays)."""
+        """The model to train, with the data it reads: resumed or warm-started (the saved shape wins over flags),
+        or new and seeded; with --data-vocab, rows for only the ids in train.bin (a new config: the one passed stays)."""
         c, model = self.config, None
-        if c.resume:
-            model, _ = load_resumable(self.out_dir / "last", self.device)
+        if c.resume or c.init_from:
+            model = load_resumable(self.out_dir / "last", self.device)[0] if c.resume else \
+                warm_start(c.init_from, model_config).to(self.device)
             model_config = model.config
         self.train_data = TokenDataset(Path(c.data_dir) / "train.bin", model_config.block_size)
         self.val_data = TokenDataset(Path(c.data_dir) / "val.bin", model_config.block_size)
