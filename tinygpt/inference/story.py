@@ -78,6 +78,7 @@ class StorySnapshot:
     prompt_ids: tuple[int, ...] = ()  # the prompt as tokens
     ids: array = field(default_factory=lambda: array("i"))  # the tokens generated, <|endoftext|> included
     source: str = ""  # which model wrote it (a label the caller chose)
+    params: SamplingParams | None = None  # the settings it was written with, its seed resolved (shared, not copied)
     # One entry per generated piece (<|endoftext|> has none): where it ends in `text` (the first begins at
     # `start`), its probability, its rank among its alternatives (-1: below them), and `width` alternatives
     # as ids and probabilities (id -1 past the ones the model gave), turned into text by `token_text`.
@@ -134,8 +135,9 @@ class StoryBuilder:
         self.params = dataclasses.replace(params, seed=seed, alternatives=max(params.alternatives, TOP_ALTERNATIVES))
         self.ids, self.eot_id = tokenizer.encode(prompt), tokenizer.eot_id
         self.snapshot = StorySnapshot(text=prompt, seed=seed, notices=prompt_notices(len(self.ids), block_size),
-                                      prompt_ids=tuple(self.ids), source=source, start=len(prompt),
-                                      width=self.params.alternatives, token_text=tokenizer.token_text)
+                                      prompt_ids=tuple(self.ids), source=source, params=self.params,
+                                      start=len(prompt), width=self.params.alternatives,
+                                      token_text=tokenizer.token_text)
         self._text, self._start = tokenizer.stream_decoder(), time.perf_counter()
 
     def add(self, tokens: Iterable[SampledToken]) -> StorySnapshot:

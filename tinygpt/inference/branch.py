@@ -1,0 +1,83 @@
+"""Branching a story: keep its first p tokens, put a chosen token at p, and write on from there.
+
+A branch is a new story whose first tokens are given: `scored_tokens` gives them the probabilities and
+alternatives the model had for them (one forward pass per window the engine would have read, not a decode step
+per token), and the engine writes the rest from the prompt, the kept tokens and the chosen one, with the
+story's settings and seed. The same request writes the same branch again."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import torch
+
+from tinygpt.data.tokenizer import EOT_ID, Tokenizer
+from tinygpt.inference.engine import SampledToken, sliding_keep
+from tinygpt.inference.sampling import SamplingParams
+from tinygpt.inference.story import TOP_ALTERNATIVES, StoryBuilder, StorySnapshot, TokenSource
+from tinygpt.model.gpt import GPT
+
+MAX_BRANCH_IDS = 4096  # the longest story a branch request may carry
+
+
+def check_branch(kept: Sequence[int], chosen: int, params: SamplingParams, vocab_size: int) -> None:
+    """ValueError, saying what to send, unless `kept` (the story's generated ids before the branch point) and
+    `chosen` are token ids and the branch point lies inside the story's length."""
+    if not isinstance(kept, list | tuple) or not all(isinstance(t, int) and not isinstance(t, bool) for t in kept):
+        raise ValueError("ids must be a list of the story's token ids (integers) before the branch point")
+    if len(kept) > MAX_BRANCH_IDS:
+        raise ValueError(f"the story is {len(kept):,} tokens before the branch point; at most {MAX_BRANCH_IDS:,}")
+    if bad := [t for t in [*kept, chosen] if not (isinstance(t, int) and 0 <= t < vocab_size)]:
+        raise ValueError(f"token ids must be integers in [0, {vocab_size}), got {bad[0]!r}")
+    if len(kept) >= params.max_new_tokens:
+        raise ValueError(f"the branch point ({len(kept)}) must come before the story's end: max_new_tokens is "
+                         f"{params.max_new_tokens}")
+
+
+@torch.no_grad()
+def scored_tokens(model: GPT, prompt_ids: Sequence[int], ids: Sequence[int], alternatives: int = TOP_ALTERNATIVES,
+                  eot_id: int = EOT_ID) -> list[SampledToken]:
+    """Each of `ids`, written after `prompt_ids`, as the engine would have written it: the model's probability
+    for it (temperature 1) and its top `alternatives`, each read with the context the engine keeps (the last
+    block_size tokens, sliding to the last 3/4 when full). One forward pass per window."""
+    block = model.config.block_size
+    keep, device = sliding_keep(block), model.transformer.wpe.weight.device
+    context, ids, out = list(prompt_ids[-block:]) or [eot_id], list(ids), []
+    while len(out) < len(ids):
+        i = len(out)
+        n = min(len(ids) - i, block - len(context) + 1)  # predictions before the context next slides
+        seq = context + ids[i:i + n - 1]  # the last one predicted need not be read
+        logits, _ = model(torch.tensor([seq], device=device))  # (1, len(seq), vocab)
+        logp = torch.log_softmax(logits[0, len(context) - 1:].float(), dim=-1)  # (n, vocab)
+        top_p, top_ids = logp.topk(alternatives, dim=-1)
+        picked = logp.gather(1, torch.tensor(ids[i:i + n], device=device)[:, None])[:, 0].exp()
+        for k in range(n):
+            alts = tuple(zip(top_ids[k].tolist(), top_p[k].exp().tolist()))
+            out.append(SampledToken(ids[i + k], float(picked[k]), alts))
+        context += ids[i:i + n]
+        if len(context) > block:
+            context = context[-keep:]
+    return out
+
+
+def branch_story(source: TokenSource, model: GPT, tokenizer: Tokenizer, prompt: str | None, kept: Sequence[int],
+                 chosen: int, params: SamplingParams) -> Iterator[StorySnapshot]:
+    """The story after `prompt` that starts with the generated ids `kept`, then `chosen`, then what `source`
+    writes with `params` (max_new_tokens counts the given tokens too): a snapshot after the given tokens, then
+    one per token written (the Python form of the page's branching; see tinygpt.serving.stream for a server's)."""
+    check_branch(kept, chosen, params, model.config.vocab_size)
+    story = StoryBuilder(tokenizer, prompt, params, source.block_size)
+    given = scored_tokens(model, story.ids, [*kept, chosen], story.params.alternatives, tokenizer.eot_id)
+    yield story.add(given)
+    if rest := continuation(story, kept, chosen):
+        for token in source.generate(*rest):
+            yield story.add([token])
+
+
+def continuation(story: StoryBuilder, kept: Sequence[int], chosen: int) -> tuple[list[int], SamplingParams] | None:
+    """What the engine writes on from after a branch's given tokens: (context ids, settings for what is left), or
+    None when the branch ends there (the chosen token ends the story, or no tokens are left)."""
+    params, given = story.params, len(kept) + 1
+    if given >= params.max_new_tokens or (chosen == story.eot_id and params.stop_at_eot):
+        return None
+    return [*story.ids, *kept, chosen], dataclasses.replace(params, max_new_tokens=params.max_new_tokens - given)
