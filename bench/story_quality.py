@@ -14,6 +14,9 @@ serves. Printed:
 - cast kept past 128: of the stories longer than 128 tokens that name someone in their first 128, the share that
   name no one new after token 128 (a capitalized word not starting a sentence or a quote); printed beside the
   same share over --valid-text, written by people, who do bring in new characters;
+- copied share: the share of the generated tokens inside spans of 24+ tokens found word for word in the training
+  text (the copy index the model carries, tinygpt.data.copy_index); printed beside the same share of --valid-text,
+  stories no model wrote (TinyStories' stock phrases);
 - story loss: every story of --valid-text scored from its own beginning with the windows the engine reads
   (tinygpt.evaluation.story_loss), over all tokens and before / after story position 128 (fp32 weights).
 """
@@ -28,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tinygpt import Tokenizer, load_checkpoint  # noqa: E402
+from tinygpt.data.copy_index import CopyIndexError, find_copy_index  # noqa: E402
 from tinygpt.evaluation.quality import MAX_NEW, report, vocabulary, write_stories  # noqa: E402
 from tinygpt.evaluation.story_loss import story_line, story_loss  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
@@ -78,18 +82,27 @@ def main() -> int:
         print(f"--- {prompt}{text}{' <|endoftext|>' if ended else ''}\n")
     settings = {name: getattr(params, name) for name in SETTINGS}
     print(f"{args.checkpoint}: {args.stories} stories, up to {MAX_NEW} tokens, {settings}")
-    figures = report(stories, known, Tokenizer())
+    try:
+        index = find_copy_index(args.checkpoint)
+    except CopyIndexError as e:
+        index = None
+        print(f"(copied share not measured: {e})")
+    figures = report(stories, known, Tokenizer(), index)
     for name, value in figures.items():
         print(f"{name}: {value:.0f}" if name.startswith("stories") else f"{name}: {value:.2f}" if "per 100" in name
               else f"{name}: {value:.3f}")
     if known is None:
         print(f"(unknown words not counted: no {args.train_text})")
     if args.valid_text.is_file():
-        people = report([("", story, True) for story in split_text(args.valid_text)], tokenizer=Tokenizer())
+        people = report([("", story, True) for story in split_text(args.valid_text)], tokenizer=Tokenizer(),
+                        copies=index)
         print(f"cast kept past 128 in {args.valid_text.name}, written by people: "
               f"{people.get('cast kept past 128', float('nan')):.3f} "
               f"(of {people.get('stories past 128 naming someone', 0):.0f} stories)")
         figures["people's cast kept past 128"] = people.get("cast kept past 128", float("nan"))
+        if index is not None:
+            print(f"copied share of {args.valid_text.name}, stories no model wrote: {people['copied share']:.3f}")
+            figures["people's copied share"] = people["copied share"]
         tokens = np.array(read_stories(args.valid_text, Tokenizer()), dtype=np.int64)
         figures |= {f"story loss {k}": v for k, v in story_loss(model, tokens).items() if "tokens" not in k}
         print(f"story loss over {args.valid_text.name}: {story_line(story_loss_figures(figures))}")

@@ -138,3 +138,21 @@ def test_inspect_takes_a_served_copy(trained_like):
     a, b = inspect(trained_like, IDS, 9), inspect(served, IDS, 9)
     assert a.window == b.window and torch.allclose(a.attention, b.attention, atol=0.05)
     assert not math.isnan(b.lens_token[-1][1])
+
+
+def test_the_layer_strip_is_the_logit_lens_of_each_token(trained_like, tokenizer):
+    """Catches a strip read in other windows than the engine's, or off by a position or a layer: each token's
+    first top layer is where inspect's lens first ranks it 0 (70 tokens: the 32-token window slides twice)."""
+    from tinygpt.inference.engine import Engine
+    from tinygpt.inference.inspect import first_top_layers, inspect
+    from tinygpt.inference.sampling import SamplingParams
+    from tinygpt.inference.story import stream_story
+
+    snap = list(stream_story(Engine(trained_like), tokenizer, "Once upon a time",
+                             SamplingParams(temperature=1.0, top_k=3, max_new_tokens=70, seed=2, stop_at_eot=False)))[-1]
+    prompt, ids = list(snap.prompt_ids), list(snap.ids)
+    strip = first_top_layers(trained_like, prompt, ids)
+    assert len(strip) == 70 and set(strip) <= {-1, 0, 1, 2} and -1 in strip and 2 in strip
+    for k in (0, 5, 33, 69):
+        ranks = [r for r, _ in inspect(trained_like, prompt + ids, len(prompt) + k, len(prompt)).lens_token]
+        assert strip[k] == next((layer for layer, r in enumerate(ranks) if r == 0), -1)

@@ -55,6 +55,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     _as_created(Path(tmp), 0o666)
     try:
         yield Path(tmp)
+        _as_created(Path(tmp), 0o666)  # a writer that recreates the file (safetensors) makes it 0600
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -1,8 +1,10 @@
-"""Data preparation: stories -> GPT-2 tokens -> `train.bin` / `val.bin` (uint16 memmaps) + `meta.json`.
+"""Data preparation: stories -> GPT-2 tokens -> `train.bin` / `val.bin` (uint16 memmaps) + `meta.json`, and the
+copy index of train.bin (tinygpt.data.copy_index).
 
 Stages: resolve the sources, fingerprint them (a rerun with the same inputs is skipped), tokenize in
 parallel batches streaming straight to temporary files (memory stays flat), then rename everything
-into place at the end, so an interrupted run leaves the previous outputs intact.
+into place at the end, so an interrupted run leaves the previous outputs intact; then the copy index (kept when
+it is already this data's, so a rerun of an older data folder adds it).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from tinygpt.data.copy_index import ensure_copy_index
 from tinygpt.data.sources import DataError, check_files, hub_stories, load_hub_splits, read_files
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.fileio import write_text_atomic
@@ -174,6 +177,15 @@ def report_replaced(replaced: set, shown: int = 10) -> None:
                 "" if len(replaced) == 1 else "s", where)
 
 
+def copy_index(out_dir: Path, fingerprint: str) -> None:
+    """The stage after the tokens: the copy index of train.bin (kept when it is already this data's)."""
+    start = time.perf_counter()
+    index = ensure_copy_index(out_dir, fingerprint)
+    log.info("copy index: %d distinct %d-token windows in %.1f MB (false positives %.1f%%) in %.1fs",
+             index.info["windows"], index.info["gram"], index.bits.nbytes / 1e6,
+             100 * index.info["false_positive_rate"], time.perf_counter() - start)
+
+
 def prepare(config: PrepareConfig) -> dict:
     """Run the whole preparation; return the meta.json content. Raises DataError on bad input."""
     out_dir = Path(config.out_dir)
@@ -181,7 +193,8 @@ def prepare(config: PrepareConfig) -> dict:
         raise DataError("--num-proc and --batch-size must be at least 1")
     fingerprint = _fingerprint(config)
     if not config.force and _up_to_date(out_dir, fingerprint):
-        log.info("%s is up to date with these inputs; nothing to do (pass --force to redo it)", out_dir)
+        log.info("%s is up to date with these inputs (pass --force to redo it)", out_dir)
+        copy_index(out_dir, fingerprint)
         return json.loads((out_dir / "meta.json").read_text())
     _check_writable(out_dir)
     replaced: set = set()  # (file, byte offset) of each invalid UTF-8 sequence replaced (--errors replace)
@@ -211,6 +224,7 @@ def prepare(config: PrepareConfig) -> dict:
                 written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 config={k: v for k, v in dataclasses.asdict(config).items() if k != "force"})
     write_text_atomic(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+    copy_index(out_dir, fingerprint)
     total = meta["train"]["tokens"] + meta["val"]["tokens"]
     log.info("wrote %s in %.1fs (%.0f tokens/s)", out_dir, seconds, total / max(seconds, 1e-9))
     return meta

@@ -12,6 +12,7 @@ import re
 from dataclasses import replace
 from typing import Iterable
 
+from tinygpt.data.copy_index import CopyIndex
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.evaluation.story_loss import SPLIT
 from tinygpt.inference.engine import Engine
@@ -79,10 +80,23 @@ def cast_kept(story: str, tokenizer: Tokenizer, split: int = SPLIT) -> bool | No
     return {n for at, n in found if at >= cut} <= early if early else None
 
 
+def copied_share(stories: list[tuple[str, str, bool]], index: CopyIndex, tokenizer: Tokenizer) -> float:
+    """The share of the generated tokens that lie in spans of MIN_TOKENS+ found in the training text."""
+    copied = total = 0
+    for prompt, text, _ in stories:
+        head, ids = tokenizer.encode(prompt), tokenizer.encode(prompt + text)
+        covered = set()
+        for start, end in index.spans(ids):
+            covered.update(range(max(start, len(head)), end))
+        copied, total = copied + len(covered), total + max(len(ids) - len(head), 0)
+    return copied / max(total, 1)
+
+
 def report(stories: list[tuple[str, str, bool]], known: set[str] | None = None,
-           tokenizer: Tokenizer | None = None) -> dict[str, float]:
+           tokenizer: Tokenizer | None = None, copies: CopyIndex | None = None) -> dict[str, float]:
     """Figures over (prompt, generated text, ended with <|endoftext|>) triples; `known`: the training text's
-    words (then 'unknown words per 100' too); `tokenizer`: then 'cast kept past 128' too (see `cast_kept`)."""
+    words (then 'unknown words per 100' too); `tokenizer`: then 'cast kept past 128' too (see `cast_kept`),
+    and with `copies` (the training text's copy index) 'copied share' (see `copied_share`)."""
     r3 = r4 = n3 = n4 = unknown = total = 0
     uni, bi, n_uni, n_bi, named, kept = set(), set(), 0, 0, 0, 0
     for prompt, text, _ in stories:
@@ -111,6 +125,8 @@ def report(stories: list[tuple[str, str, bool]], known: set[str] | None = None,
         if kept_cast:
             out["cast kept past 128"] = sum(kept_cast) / len(kept_cast)
             out["stories past 128 naming someone"] = len(kept_cast)
+        if copies is not None:
+            out["copied share"] = copied_share(stories, copies, tokenizer)
     return out
 
 

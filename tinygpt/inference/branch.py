@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 
 from tinygpt.data.tokenizer import EOT_ID, Tokenizer
-from tinygpt.inference.engine import SampledToken, sliding_keep
+from tinygpt.inference.engine import SampledToken, windows_read
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import TOP_ALTERNATIVES, StoryBuilder, StorySnapshot, TokenSource
 from tinygpt.model.gpt import GPT
@@ -40,23 +40,15 @@ def scored_tokens(model: GPT, prompt_ids: Sequence[int], ids: Sequence[int], alt
     """Each of `ids`, written after `prompt_ids`, as the engine would have written it: the model's probability
     for it (temperature 1) and its top `alternatives`, each read with the context the engine keeps (the last
     block_size tokens, sliding to the last 3/4 when full). One forward pass per window."""
-    block = model.config.block_size
-    keep, device = sliding_keep(block), model.transformer.wpe.weight.device
-    context, ids, out = list(prompt_ids[-block:]) or [eot_id], list(ids), []
-    while len(out) < len(ids):
-        i = len(out)
-        n = min(len(ids) - i, block - len(context) + 1)  # predictions before the context next slides
-        seq = context + ids[i:i + n - 1]  # the last one predicted need not be read
-        logits, _ = model(torch.tensor([seq], device=device))  # (1, len(seq), vocab)
-        logp = torch.log_softmax(logits[0, len(context) - 1:].float(), dim=-1)  # (n, vocab)
+    device, ids, out = model.transformer.wpe.weight.device, list(ids), []
+    for window, i, n in windows_read(list(prompt_ids), ids, model.config.block_size, eot_id):
+        logits, _ = model(torch.tensor([window], device=device))  # (1, len(window), vocab)
+        logp = torch.log_softmax(logits[0, i - 1:].float(), dim=-1)  # (n, vocab)
         top_p, top_ids = logp.topk(alternatives, dim=-1)
-        picked = logp.gather(1, torch.tensor(ids[i:i + n], device=device)[:, None])[:, 0].exp()
-        for k in range(n):
-            alts = tuple(zip(top_ids[k].tolist(), top_p[k].exp().tolist()))
-            out.append(SampledToken(ids[i + k], float(picked[k]), alts))
-        context += ids[i:i + n]
-        if len(context) > block:
-            context = context[-keep:]
+        written = ids[len(out):len(out) + n]
+        picked = logp.gather(1, torch.tensor(written, device=device)[:, None])[:, 0].exp()
+        out += [SampledToken(t, float(p), tuple(zip(a.tolist(), b.exp().tolist())))
+                for t, p, a, b in zip(written, picked, top_ids, top_p)]
     return out
 
 
@@ -68,7 +60,7 @@ def branch_story(source: TokenSource, model: GPT, tokenizer: Tokenizer, prompt: 
     check_branch(kept, chosen, params, model.config.vocab_size)
     story = StoryBuilder(tokenizer, prompt, params, source.block_size)
     given = scored_tokens(model, story.ids, [*kept, chosen], story.params.alternatives, tokenizer.eot_id)
-    yield story.add(given)
+    yield story.give(given)
     if rest := continuation(story, kept, chosen):
         for token in source.generate(*rest):
             yield story.add([token])

@@ -50,6 +50,21 @@ def sliding_keep(block_size: int) -> int:
     return max(1, block_size - max(1, block_size // 4))
 
 
+def windows_read(prompt_ids: list[int], ids: list[int], block_size: int, eot_id: int = EOT_ID
+                 ) -> Iterator[tuple[list[int], int, int]]:
+    """The windows a stream read while it wrote `ids` after `prompt_ids`, one per slide: (window, i, n): the
+    window's positions i-1 .. i+n-2 predicted ids[k .. k+n-1] (k: the ids of the earlier windows), so one
+    forward pass over each window scores every token as it was written."""
+    keep, context, done = sliding_keep(block_size), list(prompt_ids[-block_size:]) or [eot_id], 0
+    while done < len(ids):
+        n = min(len(ids) - done, block_size - len(context) + 1)  # predictions before the context next slides
+        yield context + ids[done:done + n - 1], len(context), n
+        context += ids[done:done + n]
+        done += n
+        if len(context) > block_size:
+            context = context[-keep:]
+
+
 @dataclass(eq=False)
 class Stream:
     """One stream's decoding state: its context (every token but the last is in its cache row; the last is

@@ -9,6 +9,8 @@
 A story longer than the context was written in sliding windows (tinygpt.inference.engine.Stream); a token is
 inspected in the window the model actually saw. For a model with kept-token rows the shared row is reported as
 what it is: one row for every token without its own (id -1).
+
+`first_top_layers` runs the lens over a whole story at once: the layer at which each token became the top.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from tinygpt.data.tokenizer import EOT_ID
-from tinygpt.inference.engine import PADDING, Stream, sliding_keep
+from tinygpt.inference.engine import PADDING, Stream, sliding_keep, windows_read
 from tinygpt.model.gpt import GPT, causal_attention_probs
 
 SHARED_ROW = -1  # the id reported for a kept-token model's shared row
@@ -82,23 +84,45 @@ def inspect(model: GPT, ids: list[int], position: int, prompt_tokens: int | None
     prompt_tokens = position if prompt_tokens is None else prompt_tokens
     check_request(ids, position, prompt_tokens, model.config.vocab_size)
     window, start = context_window(ids, position, prompt_tokens, model.config.block_size)
-    blocks = model.transformer.h
-    captured: dict[str, list] = {"qk": [], "stream": []}
-    hooks = [model.transformer.drop.register_forward_hook(lambda m, i, out: captured["stream"].append(out))]
-    for block in blocks:
-        hooks.append(block.register_forward_hook(lambda m, i, out: captured["stream"].append(out)))
-        hooks.append(block.attn.causal.register_forward_hook(lambda m, args, out: captured["qk"].append(args[:2])))
-    try:
-        model.hidden(torch.tensor([window], device=model.transformer.wpe.weight.device))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    captured = _recorded(model, window, attention=True)
     # the last query's weights, (n_layer, n_head, len(window))
     attention = torch.stack([causal_attention_probs(q[:, :, -1:], k)[0, :, 0] for q, k in captured["qk"]]).cpu()
     streams = torch.stack([x[0, -1] for x in captured["stream"]])  # (n_layer + 1, C)
     rows = model.lm_head(model.transformer.ln_f(streams)).float().log_softmax(-1)  # (n_layer + 1, n_rows)
     return Inspection(position, ids[position], tuple(window), start, attention,
                       *_lens(model, rows, ids[position], top))
+
+
+def _recorded(model: GPT, window: list[int], attention: bool = False) -> dict[str, list]:
+    """Run the model over `window`, recording the residual stream after the embedding and after each block
+    ("stream": each (1, T, C)) and, with `attention`, each layer's queries and keys ("qk")."""
+    captured: dict[str, list] = {"qk": [], "stream": []}
+    hooks = [model.transformer.drop.register_forward_hook(lambda m, i, out: captured["stream"].append(out))]
+    for block in model.transformer.h:
+        hooks.append(block.register_forward_hook(lambda m, i, out: captured["stream"].append(out)))
+        if attention:
+            hooks.append(block.attn.causal.register_forward_hook(lambda m, args, out: captured["qk"].append(args[:2])))
+    try:
+        model.hidden(torch.tensor([window], device=model.transformer.wpe.weight.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+@torch.no_grad()
+def first_top_layers(model: GPT, prompt_ids: list[int], ids: list[int], eot_id: int = EOT_ID) -> list[int]:
+    """The story through the layers: for each of `ids` (written after `prompt_ids`), the first layer after
+    which the logit lens had it as the top prediction (0: after the embedding, n_layer: only at the end; -1:
+    never, a token sampled below the top). Each read in the window the engine read: one pass per window."""
+    out: list[int] = []
+    for window, i, n in windows_read(prompt_ids, ids, model.config.block_size, eot_id):
+        streams = torch.stack([x[0, i - 1:i - 1 + n] for x in _recorded(model, window)["stream"]])  # (L+1, n, C)
+        top = model.lm_head(model.transformer.ln_f(streams)).argmax(-1)  # (L+1, n) head rows
+        written = model.rows(torch.tensor(ids[len(out):len(out) + n], device=top.device))  # (n,)
+        hit = top == written[None]
+        out += torch.where(hit.any(0), hit.int().argmax(0), -1).tolist()
+    return out
 
 
 def _lens(model: GPT, rows: torch.Tensor, token: int, top: int) -> tuple[tuple, tuple]:

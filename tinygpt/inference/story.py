@@ -79,6 +79,7 @@ class StorySnapshot:
     ids: array = field(default_factory=lambda: array("i"))  # the tokens generated, <|endoftext|> included
     source: str = ""  # which model wrote it (a label the caller chose)
     params: SamplingParams | None = None  # the settings it was written with, its seed resolved (shared, not copied)
+    given: int = 0  # its first `given` ids were given, not written (a branch: tinygpt.inference.branch)
     # One entry per generated piece (<|endoftext|> has none): where it ends in `text` (the first begins at
     # `start`), its probability, its rank among its alternatives (-1: below them), and `width` alternatives
     # as ids and probabilities (id -1 past the ones the model gave), turned into text by `token_text`.
@@ -168,6 +169,12 @@ class StoryBuilder:
                                                                                         self._start, 1e-9),
             notices=notices, ids=ids, ends=ends, probs=probs, ranks=ranks, alt_ids=alt_ids,
             alt_probs=alt_probs)
+        return self.snapshot
+
+
+    def give(self, tokens: list[SampledToken]) -> StorySnapshot:
+        """`add` tokens the story was given (a branch's kept and chosen ones), recorded as such."""
+        self.snapshot = dataclasses.replace(self.add(tokens), given=self.snapshot.given + len(tokens))
         return self.snapshot
 
 

@@ -1,15 +1,16 @@
 """The view inside the model, on the page and as the `inspect` API: for a clicked token of a finished story, which
 earlier tokens each attention head looked at (shading over the window the model read, for a chosen layer and head
-or their average) and the logit lens (the top tokens after each layer). The numbers come from
+or their average) and the logit lens (the top tokens after each layer); and over the whole story, a strip
+colouring each token by the first layer at which it became the top prediction. The numbers come from
 tinygpt.inference.inspect, run on the compute thread with the model that wrote the story."""
 from __future__ import annotations
 
 import gradio as gr
 
-from tinygpt.inference.inspect import MAX_IDS, SHARED_ROW, Inspection, inspect
+from tinygpt.inference.inspect import MAX_IDS, SHARED_ROW, Inspection, first_top_layers, inspect
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.views import SCROLL_TO
+from tinygpt.playground.views import SCROLL_TO, shown
 from tinygpt.serving.loading import LoadedModel
 
 AVERAGE = "average of the heads"
@@ -148,3 +149,39 @@ def inspect_api(registry: ModelRegistry):
         return out
 
     return inspect_story
+
+
+NEVER_TOP = "never the top"
+STRIP_COLOURS = ("#1e3a8a", "#2563eb", "#60a5fa", "#93c5fd", "#bfdbfe", "#dbeafe", "#eff6ff")  # early = darker
+
+
+def strip_names(n_layer: int) -> list[str]:
+    return ["embedding", *(f"after layer {i + 1}" for i in range(n_layer))]
+
+
+def layer_strip(registry: ModelRegistry, snap: StorySnapshot | None, on: bool) -> dict:
+    """The story's pieces, each labelled with the first layer at which it was the top prediction."""
+    if not on or snap is None or not snap.probs:
+        return gr.update(visible=False)
+    loaded = registry.models.get(snap.source) or registry.served
+    if loaded is None:
+        return gr.update(visible=False)
+    names = strip_names(loaded.model.config.n_layer)
+    written = [t for t in snap.ids if t != loaded.tokenizer.eot_id][:len(snap.probs)]  # the ids of the pieces
+    layers = loaded.batcher.compute.call(first_top_layers, loaded.model, list(snap.prompt_ids), written,
+                                         loaded.tokenizer.eot_id)
+    colours = {name: STRIP_COLOURS[min(i, len(STRIP_COLOURS) - 1)] for i, name in enumerate(names)}
+    return gr.update(visible=True, value=[(shown(text), names[k] if k >= 0 else NEVER_TOP)
+                                          for (text, _), k in zip(snap.pieces, layers)],
+                     color_map={**colours, NEVER_TOP: "#fca5a5"})
+
+
+def strip_panel(registry: ModelRegistry, snapshot: gr.State, thinking: gr.HighlightedText) -> None:
+    """A toggle and the strip under the story's shaded tokens; redrawn when a story ends."""
+    toggle = gr.Checkbox(False, label="Colour each token by the layer where it became the top prediction",
+                         elem_id="show-layers")
+    strip = gr.HighlightedText(label="The story through the layers (darker = decided earlier)", visible=False,
+                               show_legend=True, elem_id="layer-strip")
+    for event in (toggle.change, thinking.change):
+        event(lambda snap, on: layer_strip(registry, snap, on), inputs=[snapshot, toggle], outputs=[strip],
+              api_visibility="private")

@@ -11,11 +11,11 @@ import gradio as gr
 from tinygpt.evaluation.quality import BEGINNINGS
 from tinygpt.inference.sampling import SamplingParams, resolve_seed
 from tinygpt.inference.story import StorySnapshot
-from tinygpt.playground import inside
+from tinygpt.playground import branches, copies, inside, share
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.training_tab import training_tab
 from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,
-                                      stats_line, token_view)
+                                      show_tokens, stats_line, token_view)
 from tinygpt.serving.batching import QueueFull, StoryFailed
 from tinygpt.serving.loading import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.serving.stream import astream_story
@@ -141,12 +141,6 @@ def seed_box(**kwargs) -> gr.Number:
     return raw(gr.Number(value=-1, precision=0, label="Seed (-1 = random; the one used is shown below)", **kwargs))
 
 
-def show_tokens(snap: StorySnapshot | None) -> list:
-    """The shaded tokens of a story. Sent once the story ends or is stopped, not with every update: Gradio
-    builds and diffs an object per token for this view, which cost more than the model on 16 streams."""
-    return token_view(snap)[0] if snap is not None else []
-
-
 def show_alternatives(snap: StorySnapshot | None, evt: gr.SelectData) -> str:
     """The clicked token, marked among the alternatives the model considered there."""
     if snap is None:
@@ -154,9 +148,10 @@ def show_alternatives(snap: StorySnapshot | None, evt: gr.SelectData) -> str:
     return alternatives_table(token_view(snap)[1], evt.index if isinstance(evt.index, int) else evt.index[0])
 
 
-def token_panel(registry: ModelRegistry, suffix: str = "") -> tuple:
+def token_panel(registry: ModelRegistry, suffix: str = "", tools=None) -> tuple:
     """The story, its stats, its latest snapshot (kept on the server), the shaded tokens, and at a clicked token
-    the alternatives and the view inside the model."""
+    the alternatives, `tools(story, stats, snapshot, thinking)` (more controls, built under them) and the view
+    inside the model."""
     story = gr.Textbox(label="Story", lines=10, interactive=False, elem_id=f"story{suffix}")
     stats = gr.Markdown(elem_id=f"stats{suffix}")
     snapshot = gr.State(None)
@@ -165,6 +160,8 @@ def token_panel(registry: ModelRegistry, suffix: str = "") -> tuple:
                                   elem_id=f"thinking{suffix}")
     alternatives = gr.Markdown(elem_id=f"alternatives{suffix}")
     thinking.select(show_alternatives, inputs=[snapshot], outputs=[alternatives], api_visibility="private")
+    if tools:
+        tools(story, stats, snapshot, thinking)
     inside.panel(registry, suffix, thinking, snapshot)
     return story, stats, snapshot, thinking, alternatives
 
@@ -175,12 +172,12 @@ def run_buttons(label: str, suffix: str = "") -> tuple[gr.Button, gr.Button]:
     return go, stop
 
 
-def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str, views: list[tuple],
-         also: list | None = None) -> None:
+def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, views: list[tuple],
+         also: list | None = None) -> list:
     """go (or Enter in `also`) runs fn streaming into outputs, bringing the first output into view on a narrow
     screen; Stop is active only meanwhile and cancels it. Either way, each (snapshot, thinking) pair in `views`
     then shows its shaded tokens. No concurrency limit here: each model's Batcher admits, batches, queues and
-    refuses requests itself."""
+    refuses requests itself. Returns the events that run fn (api_name None: none is in the API)."""
     busy = (gr.update(interactive=False), gr.update(interactive=True))
     idle = (gr.update(interactive=True), gr.update(interactive=False))
     snapshots, thinking = [v[0] for v in views], [v[1] for v in views]
@@ -198,14 +195,15 @@ def wire(go: gr.Button, stop: gr.Button, fn, inputs: list, outputs: list, api_na
         # each input of each request and each update of each story to a worker thread and back
         run = started.then(fn, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden",
                            preprocess=False, postprocess=False,
-                           **({"api_name": api_name} if i == 0 else {"api_visibility": "private"}))
+                           **({"api_name": api_name} if i == 0 and api_name else {"api_visibility": "private"}))
         run.then(finish, inputs=snapshots, outputs=[go, stop, *thinking], queue=False, api_visibility="private")
         runs.append(run)
     stop.click(finish, inputs=snapshots, outputs=[go, stop, *thinking], cancels=runs, queue=False,
                api_visibility="private")
+    return runs
 
 
-def story_tab(registry: ModelRegistry) -> gr.Button:
+def story_tab(registry: ModelRegistry, demo: gr.Blocks) -> gr.Button:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Story start", placeholder="Once upon a time...", lines=3, elem_id="prompt")
@@ -218,7 +216,14 @@ def story_tab(registry: ModelRegistry) -> gr.Button:
                 go, stop = run_buttons("Generate")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Try a beginning")
         with gr.Column(scale=3):
-            story, stats, snapshot, thinking, _ = token_panel(registry)
+            def tools(*outputs: gr.components.Component) -> None:  # branching, and what the story copied
+                branches.panel(registry, list(outputs), stop, [go.click, prompt.submit], wire, UPDATE_INTERVAL_S,
+                               UPDATES_PER_S)
+                copies.panel(registry, outputs[2], outputs[3])
+                inside.strip_panel(registry, outputs[2], outputs[3])
+                share.panel(registry, demo, inputs, list(outputs), UPDATE_INTERVAL_S, UPDATES_PER_S)
+
+            story, stats, snapshot, thinking, _ = token_panel(registry, tools=tools)
     wire(go, stop, make_generate(registry), inputs, [story, stats, snapshot], "generate", [(snapshot, thinking)],
          also=[prompt.submit])
     return go
@@ -261,7 +266,7 @@ def build_demo(registry: ModelRegistry) -> gr.Blocks:
         warming = gr.Markdown(warming_text(registry), visible=bool(registry.warming()), elem_id="warming")
         timer = gr.Timer(WARMING_POLL_S, active=bool(registry.warming()))  # ticks only while warming up
         with gr.Tab("Story") as story:
-            go = story_tab(registry)
+            go = story_tab(registry, demo)
         with gr.Tab("Compare") as compare:
             compare_tab(registry)
         with gr.Tab("Training", elem_id="training-tab") as training:
@@ -287,6 +292,8 @@ def build_demo(registry: ModelRegistry) -> gr.Blocks:
 
         demo.load(on_load, outputs=[problem, card, go], queue=False, api_visibility="private")
         gr.api(inside.inspect_api(registry), api_name="inspect", concurrency_limit=None)
+        gr.api(branches.branch_api(registry), api_name="branch", concurrency_limit=None)
+        gr.api(copies.copies_api(registry), api_name="copies", concurrency_limit=None)
         demo.load(warming_state, outputs=[warming, timer], queue=False, api_visibility="private")
         timer.tick(warming_state, outputs=[warming, timer], queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=None)

@@ -66,6 +66,12 @@ def token_view(snap: StorySnapshot) -> tuple[list, tuple]:
                                                                           snap.chosen_rank))
 
 
+def show_tokens(snap: StorySnapshot | None) -> list:
+    """The shaded tokens of a story. Sent once the story ends or is stopped, not with every update: Gradio
+    builds and diffs an object per token for this view, which cost more than the model on 16 streams."""
+    return token_view(snap)[0] if snap is not None else []
+
+
 def alternatives_table(view: tuple, i: int) -> str:
     """Markdown for the i-th generated token: the token picked (its probability and rank) and the top
     alternatives the model considered there, the picked one marked."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from tinygpt.data.copy_index import CopyIndex, find_copy_index
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.device import pick_device
 from tinygpt.inference.engine import Engine
@@ -61,6 +62,7 @@ class LoadedModel:
     num_params: int = 0
     warmup: WarmUp | None = None  # preparing the fast path in the background, when the server asked for it
     reloader: Reloader | None = None  # serving each new checkpoint written to `directory` (out/best), if followed
+    _copies: tuple | None = field(default=None, repr=False)  # (checkpoint key, its copy index)
 
     @property
     def engine(self) -> Engine:
@@ -74,6 +76,15 @@ class LoadedModel:
     def warming(self) -> bool:
         """Still decoding eagerly while the fast path is prepared."""
         return self.warmup is not None and self.warmup.state == WARMING
+
+    def copy_index(self) -> CopyIndex:
+        """The copy index of its training text (its folder's or its run's); CopyIndexError says why none.
+        Loaded once per checkpoint served (about 3 MB); looked for again while there is none."""
+        fingerprint = self.info.get("metadata", {}).get("data_fingerprint", "")
+        key = (self.directory, fingerprint, self.info.get("metadata", {}).get("step"))
+        if self._copies is None or self._copies[0] != key:
+            self._copies = (key, find_copy_index(self.directory, fingerprint))
+        return self._copies[1]
 
     @property
     def loss_png(self) -> Path | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinygpt.data.copy_index import FILES as COPY_INDEX_FILES
 from tinygpt.data.dataloader import TokenDataset
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.data.sources import DataError
@@ -45,6 +46,9 @@ def ship(checkpoint: str | Path, val_bin: str | Path, recipe: str, out: Path = S
             shutil.copyfile(curve, tmp / "loss.png")
         if run := run_folder(checkpoint):  # its training records (a few KB): the Training tab's curves and samples
             shutil.copyfile(run / METRICS, tmp / METRICS)
+            for name in COPY_INDEX_FILES:  # and its training text's copy index (~3 MB), where the run has one
+                if (run / name).is_file():
+                    shutil.copyfile(run / name, tmp / name)
         size = sum(f.stat().st_size for f in tmp.iterdir())
         if size > MAX_BYTES:
             raise ValueError(f"{checkpoint}: {size / 1e6:.1f} MB packed, over the {MAX_BYTES / 1e6:.0f} MB a Space "

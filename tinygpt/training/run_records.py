@@ -1,20 +1,45 @@
 """What a run leaves for its readers while it goes (tinygpt.evaluation.history reads it; metrics.py keeps the
 evaluations): progress.json every few seconds and at the end (the step, tokens/s, time left, and whether the run
 is going, ended or stopped), and with `--snapshots N` small serving copies of the weights at N steps spread
-log-evenly over the run (int8, as the shipped model is stored), so a reader can see noise turn into stories."""
+log-evenly over the run (int8, as the shipped model is stored), so a reader can see noise turn into stories; and
+the copy index of its training data (tinygpt.data.copy_index), carried from the data folder."""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from tinygpt.data.copy_index import FILES as COPY_INDEX_FILES
+from tinygpt.data.copy_index import CopyIndex, CopyIndexError
 from tinygpt.evaluation.history import ENDED, RUNNING, list_snapshots, snapshot_path, snapshot_steps, write_progress
 from tinygpt.model.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0  # progress.json at most this often (a state change is written at once)
+
+
+def carry_copy_index(data_dir: str | Path, out_dir: Path) -> str:
+    """Copy the data's copy index into the run (when it is the data's: prepare_data.py writes it) and return
+    the data's fingerprint from its meta.json ('' when it has none), which each checkpoint records."""
+    data_dir = Path(data_dir)
+    try:
+        fingerprint = json.loads((data_dir / "meta.json").read_text(encoding="utf-8")).get("fingerprint", "")
+    except (OSError, ValueError):
+        return ""
+    try:
+        if CopyIndex.load(data_dir).info.get("data_fingerprint") != fingerprint:
+            raise CopyIndexError("the copy index is older than the data")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in COPY_INDEX_FILES:
+            shutil.copyfile(data_dir / name, out_dir / name)
+    except (CopyIndexError, OSError) as e:
+        log.info("no copy index for this run (%s): the playground will not mark copied spans; run "
+                 "`python prepare_data.py` again to add one", e)
+    return fingerprint
 
 
 class RunRecorder:

@@ -35,7 +35,7 @@ from tinygpt.training.ema import EMA
 from tinygpt.training.metrics import MetricsLog, flops_per_token, peak_flops
 from tinygpt.training.metrics import mfu as model_flops_utilization
 from tinygpt.training.optim import make_optimizers
-from tinygpt.training.run_records import RunRecorder
+from tinygpt.training.run_records import RunRecorder, carry_copy_index
 from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
@@ -81,6 +81,7 @@ class Trainer:
                                    config.batch_size, self.device, self.dtype)
         self.metrics = MetricsLog(self.out_dir, self.step if config.resume else None) if self.dist.is_main else None
         self.records = RunRecorder(self.out_dir, config.snapshots, self.step) if self.dist.is_main else None
+        self.data_fingerprint = carry_copy_index(config.data_dir, self.out_dir) if self.dist.is_main else ""
         self.stop = StopRequest()
         log.info("model %.2fM parameters; %d micro-batches of %d x %d per step on %d process(es) = %d tokens",
                  self.model.num_params() / 1e6, self.accum, config.batch_size, self.model_config.block_size,
@@ -177,7 +178,7 @@ class Trainer:
 
     def save(self, name: str, val_loss: float | None, **extra) -> None:
         meta = dict(step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss, **extra,
-                    train_config=dataclasses.asdict(self.config))
+                    train_config=dataclasses.asdict(self.config), data_fingerprint=self.data_fingerprint)
         if self.ema:
             meta["ema_decay"] = self.config.ema  # val_loss is the average's
         if name == "best":
