@@ -99,6 +99,10 @@ def test_inspect_token(tiny):
     assert "ms" in bench("inspect_token.py", "--checkpoint", tiny, "--reps", "1")
 
 
+def test_branch(tiny):
+    assert "of the whole story" in bench("branch.py", "--checkpoint", tiny, "--tokens", "40", "--reps", "1")
+
+
 def test_story_quality(tiny, texts):
     out = bench("story_quality.py", tiny, "--stories", "2", "--show", "1", "--train-text", str(texts / "train.txt"),
                 "--valid-text", str(texts / "valid.txt"))
@@ -120,6 +124,6 @@ def test_train_and_cpu_recipe(token_data, tmp_path):
 def test_every_bench_script_has_a_smoke_run():
     """Catches a new bench/ script without a run here."""
     covered = {"serve", "soak", "cold_start", "batching", "cpu_kernels", "generate", "inspect_token",
-               "story_quality", "prepare", "train", "cpu_recipe", "training_tab", "profile_step"}
+               "story_quality", "prepare", "train", "cpu_recipe", "training_tab", "profile_step", "branch"}
     scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"visitor"}  # visitor.py: a module the others use
     assert scripts == covered
