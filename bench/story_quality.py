@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tinygpt import Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.data.copy_index import CopyIndexError, find_copy_index  # noqa: E402
-from tinygpt.evaluation.quality import MAX_NEW, report, vocabulary, write_stories  # noqa: E402
+from tinygpt.evaluation.quality import MAX_NEW, copied_share, report, vocabulary, write_stories  # noqa: E402
 from tinygpt.evaluation.story_loss import story_line, story_loss  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
 from tinygpt.inference.sampling import SamplingParams  # noqa: E402
@@ -102,6 +102,9 @@ def main() -> int:
         figures["people's cast kept past 128"] = people.get("cast kept past 128", float("nan"))
         if index is not None:
             print(f"copied share of {args.valid_text.name}, stories no model wrote: {people['copied share']:.3f}")
+            held_out = [("", story, True) for story in split_text(args.valid_text)]
+            print("  by the shortest span counted: " + ", ".join(
+                f"{n} tokens {copied_share(held_out, index, Tokenizer(), n):.3f}" for n in (12, 16, 20, 24, 32)))
             figures["people's copied share"] = people["copied share"]
         tokens = np.array(read_stories(args.valid_text, Tokenizer()), dtype=np.int64)
         figures |= {f"story loss {k}": v for k, v in story_loss(model, tokens).items() if "tokens" not in k}

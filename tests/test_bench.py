@@ -3,6 +3,7 @@ each), as a user would start it, and must exit 0 and print its figures. bench/se
 with six values for the page's eight inputs: every request failed and it still exited 0, so the figures in
 bench/RESULTS.md could not be reproduced from main, and nothing said so."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,13 @@ def test_branch(tiny):
     assert "of the whole story" in bench("branch.py", "--checkpoint", tiny, "--tokens", "40", "--reps", "1")
 
 
-def test_story_quality(tiny, texts):
+def test_story_quality(tiny, texts, token_data):
+    for name in ("copies.safetensors", "copies.json"):  # the model carries its training text's copy index
+        shutil.copyfile(token_data / name, Path(tiny) / name)
     out = bench("story_quality.py", tiny, "--stories", "2", "--show", "1", "--train-text", str(texts / "train.txt"),
                 "--valid-text", str(texts / "valid.txt"))
     assert "repeated 4-grams" in out and "story loss over valid.txt" in out
+    assert "copied share: " in out and "by the shortest span counted: 12 tokens" in out
 
 
 def test_prepare(texts):

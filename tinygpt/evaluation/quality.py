@@ -12,7 +12,7 @@ import re
 from dataclasses import replace
 from typing import Iterable
 
-from tinygpt.data.copy_index import CopyIndex
+from tinygpt.data.copy_index import MIN_TOKENS, CopyIndex
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.evaluation.story_loss import SPLIT
 from tinygpt.inference.engine import Engine
@@ -80,13 +80,14 @@ def cast_kept(story: str, tokenizer: Tokenizer, split: int = SPLIT) -> bool | No
     return {n for at, n in found if at >= cut} <= early if early else None
 
 
-def copied_share(stories: list[tuple[str, str, bool]], index: CopyIndex, tokenizer: Tokenizer) -> float:
-    """The share of the generated tokens that lie in spans of MIN_TOKENS+ found in the training text."""
+def copied_share(stories: list[tuple[str, str, bool]], index: CopyIndex, tokenizer: Tokenizer,
+                 min_tokens: int = MIN_TOKENS) -> float:
+    """The share of the generated tokens that lie in spans of `min_tokens`+ found in the training text."""
     copied = total = 0
     for prompt, text, _ in stories:
         head, ids = tokenizer.encode(prompt), tokenizer.encode(prompt + text)
         covered = set()
-        for start, end in index.spans(ids):
+        for start, end in index.spans(ids, min_tokens):
             covered.update(range(max(start, len(head)), end))
         copied, total = copied + len(covered), total + max(len(ids) - len(head), 0)
     return copied / max(total, 1)
