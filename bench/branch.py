@@ -53,8 +53,8 @@ def main() -> int:
         times["whole story"].append(ms(lambda: list(stream_story(engine, tok, PROMPT, params))))
         for q in points:
             chosen = next(a for a in alts[q * w:(q + 1) * w] if a not in (-1, ids[q]))
-            times[f"branch at {q}"].append(ms(lambda: list(branch_story(engine, served, tok, PROMPT, ids[:q],
-                                                                         chosen, params))))
+            times[f"branch at {q}"].append(ms(lambda: list(branch_story(engine, tok, PROMPT, ids[:q], chosen,
+                                                                         params))))
         times["layer strip"].append(ms(lambda: first_top_layers(served, list(story.prompt_ids), ids)))
     whole = statistics.median(times["whole story"])
     print(f"{args.checkpoint} ({precision}, window {model.config.block_size}), {args.tokens} new tokens, "

@@ -40,18 +40,18 @@ def test_scored_tokens_are_what_the_engine_had_for_them(story):
 def test_a_branch_keeps_the_story_before_p_and_the_chosen_token_at_p(story, tokenizer, p):
     engine, snap = story
     chosen = next(a for a in snap.alt_ids[p * snap.width:][:snap.width] if a != snap.ids[p])  # another alternative
-    branch = list(branch_story(engine, engine.model, tokenizer, "Once upon a time", list(snap.ids[:p]), chosen,
+    branch = list(branch_story(engine, tokenizer, "Once upon a time", list(snap.ids[:p]), chosen,
                                PARAMS))
     last = branch[-1]
     assert list(last.ids[:p]) == list(snap.ids[:p]) and last.ids[p] == chosen and last.n_tokens == 70
     assert last.text.startswith(snap.text[:snap.ends[p - 1] if p else snap.start])  # byte for byte
     assert list(last.probs[:p]) == pytest.approx(list(snap.probs[:p]), rel=1e-4, abs=1e-6)
     assert branch[0].n_tokens == p + 1  # the given tokens come in one snapshot, not written token by token
-    again = list(branch_story(engine, engine.model, tokenizer, "Once upon a time", list(snap.ids[:p]), chosen,
+    again = list(branch_story(engine, tokenizer, "Once upon a time", list(snap.ids[:p]), chosen,
                               PARAMS))[-1]
     assert again.text == last.text  # a branch is as reproducible as a story
     # a branch of the branch
-    twig = list(branch_story(engine, engine.model, tokenizer, "Once upon a time", list(last.ids[:p + 5]),
+    twig = list(branch_story(engine, tokenizer, "Once upon a time", list(last.ids[:p + 5]),
                              last.alt_ids[(p + 5) * last.width + 1], PARAMS))[-1]
     assert list(twig.ids[:p + 5]) == list(last.ids[:p + 5]) and twig.ids[p + 5] == last.alt_ids[(p + 5) * last.width + 1]
 
@@ -62,4 +62,4 @@ def test_bad_branches_get_clear_errors(story, tokenizer):
                                   ([1, "x"], 3, "ids must be a list of the story's token ids"),
                                   (list(range(70)), 3, r"the branch point \(70\) must come before the story's end")]:
         with pytest.raises(ValueError, match=message):
-            next(branch_story(engine, engine.model, tokenizer, "Once", kept, chosen, PARAMS))
+            next(branch_story(engine, tokenizer, "Once", kept, chosen, PARAMS))

@@ -55,7 +55,8 @@ def test_txt_jsonl_parquet_give_identical_tokens(tmp_path, stories, tokenizer):
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["train"] == {"stories": 300, "tokens": len(outputs[0])}
     assert meta["val"]["stories"] == 20 and meta["tokenizer"]["name"] == "gpt2"
-    assert sorted(os.listdir(tmp_path / "out")) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["copies.json", "copies.safetensors", "meta.json", "train.bin",
+                                                    "val.bin"]
 
 
 def test_val_fraction_carves_a_split(tmp_path, stories, tokenizer):
@@ -72,6 +73,12 @@ def test_rerun_skips_unless_forced(tmp_path, stories, caplog):
     caplog.clear()
     assert run(tmp_path, *args) == 0
     assert "up to date" in caplog.text
+    assert (tmp_path / "out" / "train.bin").stat().st_mtime_ns == before
+    index = tmp_path / "out" / "copies.safetensors"
+    stamp = index.stat().st_mtime_ns
+    assert run(tmp_path, *args) == 0 and index.stat().st_mtime_ns == stamp  # the copy index is kept too
+    index.unlink()  # a data folder from before the copy index: a rerun adds it, the tokens stay
+    assert run(tmp_path, *args) == 0 and index.is_file()
     assert (tmp_path / "out" / "train.bin").stat().st_mtime_ns == before
     assert run(tmp_path, *args, "--force") == 0
     assert (tmp_path / "out" / "train.bin").stat().st_mtime_ns != before
@@ -172,7 +179,8 @@ def test_failed_rerun_leaves_previous_outputs_intact(tmp_path, stories):
         f.write(b"broken \xfe\n<|endoftext|>\n")
     assert run(tmp_path, "--train-files", good, "--val-fraction", "0.1") == 2
     assert {p: (tmp_path / "out" / p).read_bytes() for p in before} == before
-    assert sorted(os.listdir(tmp_path / "out")) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["copies.json", "copies.safetensors", "meta.json", "train.bin",
+                                                    "val.bin"]
 
 
 def test_offline_hub_gives_a_clear_message(tmp_path):

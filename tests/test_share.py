@@ -16,7 +16,7 @@ PARAMS = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, max_new_tokens=12,
 @pytest.fixture
 def branched(trained_like, tokenizer):
     engine = Engine(trained_like)
-    return list(branch_story(engine, trained_like, tokenizer, 'A "cat" <b>', [11, 12], 13, PARAMS))[-1]
+    return list(branch_story(engine, tokenizer, 'A "cat" <b>', [11, 12], 13, PARAMS))[-1]
 
 
 def test_a_link_carries_everything_that_writes_the_story_again(branched):

@@ -13,6 +13,7 @@ Public API (imported lazily, so `import tinygpt` and the torch-free data tools s
     Engine, SamplingParams         the token-level engine and its settings (tinygpt.inference)
     Batcher                        many streams sharing each decode step (tinygpt.serving.batching)
     inspect, Inspection            attention and the logit lens at one token of a story (tinygpt.inference.inspect)
+    branch_story                   a story branched at a token: its start kept, a chosen token, the rest new
     save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON checkpoints (tinygpt.model.checkpoint)
     from_pretrained                a checkpoint directory or a Hub repo id (tinygpt.sharing.hub)
     read_run                       a training run's records, progress and snapshots (tinygpt.evaluation.history)
@@ -26,8 +27,9 @@ _EXPORTS = {
     "GPT": "model.gpt", "GPTConfig": "model.gpt", "Tokenizer": "data.tokenizer", "generate": "inference.story",
     "GeneratedToken": "inference.story", "Engine": "inference.engine", "SamplingParams": "inference.sampling",
     "Batcher": "serving.batching", "inspect": "inference.inspect", "Inspection": "inference.inspect",
-    "save_checkpoint": "model.checkpoint", "load_checkpoint": "model.checkpoint",
-    "CheckpointError": "model.checkpoint", "from_pretrained": "sharing.hub", "read_run": "evaluation.history", "pick_device": "device", "pick_dtype": "device",
+    "branch_story": "inference.branch", "save_checkpoint": "model.checkpoint", "load_checkpoint": "model.checkpoint",
+    "CheckpointError": "model.checkpoint", "from_pretrained": "sharing.hub", "read_run": "evaluation.history",
+    "pick_device": "device", "pick_dtype": "device",
 }
 __all__ = list(_EXPORTS)
 

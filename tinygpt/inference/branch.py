@@ -12,9 +12,9 @@ from typing import Iterator, Sequence
 import torch
 
 from tinygpt.data.tokenizer import EOT_ID, Tokenizer
-from tinygpt.inference.engine import SampledToken, windows_read
+from tinygpt.inference.engine import Engine, SampledToken, windows_read
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.inference.story import TOP_ALTERNATIVES, StoryBuilder, StorySnapshot, TokenSource
+from tinygpt.inference.story import TOP_ALTERNATIVES, StoryBuilder, StorySnapshot
 from tinygpt.model.gpt import GPT
 
 MAX_BRANCH_IDS = 4096  # the longest story a branch request may carry
@@ -52,17 +52,18 @@ def scored_tokens(model: GPT, prompt_ids: Sequence[int], ids: Sequence[int], alt
     return out
 
 
-def branch_story(source: TokenSource, model: GPT, tokenizer: Tokenizer, prompt: str | None, kept: Sequence[int],
-                 chosen: int, params: SamplingParams) -> Iterator[StorySnapshot]:
-    """The story after `prompt` that starts with the generated ids `kept`, then `chosen`, then what `source`
+def branch_story(model: GPT | Engine, tokenizer: Tokenizer, prompt: str | None, kept: Sequence[int], chosen: int,
+                 params: SamplingParams) -> Iterator[StorySnapshot]:
+    """The story after `prompt` that starts with the generated ids `kept`, then `chosen`, then what the model
     writes with `params` (max_new_tokens counts the given tokens too): a snapshot after the given tokens, then
     one per token written (the Python form of the page's branching; see tinygpt.serving.stream for a server's)."""
-    check_branch(kept, chosen, params, model.config.vocab_size)
-    story = StoryBuilder(tokenizer, prompt, params, source.block_size)
-    given = scored_tokens(model, story.ids, [*kept, chosen], story.params.alternatives, tokenizer.eot_id)
+    engine = model if isinstance(model, Engine) else Engine(model, eot_id=tokenizer.eot_id)
+    check_branch(kept, chosen, params, engine.model.config.vocab_size)
+    story = StoryBuilder(tokenizer, prompt, params, engine.block_size)
+    given = scored_tokens(engine.model, story.ids, [*kept, chosen], story.params.alternatives, tokenizer.eot_id)
     yield story.give(given)
     if rest := continuation(story, kept, chosen):
-        for token in source.generate(*rest):
+        for token in engine.generate(*rest):
             yield story.add([token])
 
 
