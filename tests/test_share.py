@@ -7,7 +7,7 @@ import pytest
 from tinygpt.inference.branch import branch_story
 from tinygpt.inference.engine import Engine
 from tinygpt.inference.sampling import SamplingParams
-from tinygpt.playground.share import link_query, read_link, save_files, story_page, story_record
+from tinygpt.playground.share import link_query, read_link, saved, story_page, story_record
 
 PARAMS = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, max_new_tokens=12, seed=9, min_p=0.02,
                         repetition_penalty=1.1)
@@ -41,6 +41,4 @@ def test_the_json_and_html_hold_the_story_as_shown(branched, tmp_path):
                for t in record["tokens"])
     page = story_page(branched)
     assert "<b>A &quot;cat&quot; &lt;b&gt;</b>" in page  # the prompt, escaped
-    paths = save_files(branched)
-    assert json.loads(open(paths[0]).read()) == json.loads(json.dumps(record))
-    assert open(paths[1]).read() == page
+    assert json.loads(saved(branched, False)) == json.loads(json.dumps(record)) and saved(branched, True) == page

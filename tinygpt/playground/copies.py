@@ -9,10 +9,10 @@ from tinygpt.data.copy_index import GRAM, MIN_TOKENS, CopyIndexError
 from tinygpt.inference.inspect import MAX_IDS
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.views import shown
+from tinygpt.playground.views import coloured_html
 from tinygpt.serving.loading import LoadedModel
 
-COPIED = "copied"
+COPIED_COLOUR = "#fcd34d"  # amber: the copied spans
 
 
 def copied_spans(loaded: LoadedModel, ids: list[int], written_from: int) -> dict:
@@ -52,19 +52,20 @@ def copies_view(registry: ModelRegistry, snap: StorySnapshot | None, on: bool) -
     marked = set()
     for start, end in found["spans"]:
         marked.update(range(max(start - n, 0), end - n))
-    pieces = [(shown(text), COPIED if i in marked else None) for i, (text, _) in enumerate(snap.pieces)]
-    return gr.update(visible=True, value=pieces), gr.update(visible=True, value=summary(found))
+    pieces = [(text, COPIED_COLOUR if i in marked else "") for i, (text, _) in enumerate(snap.pieces)]
+    return gr.update(visible=True, value=coloured_html(pieces)), gr.update(visible=True, value=summary(found))
 
 
 def panel(registry: ModelRegistry, snapshot: gr.State, thinking: gr.HighlightedText) -> None:
     """The toggle and the marked story, under the shaded tokens; redrawn when a story ends."""
     toggle = gr.Checkbox(False, label="Mark what was copied from the training text", elem_id="show-copies")
-    marked = gr.HighlightedText(label="Copied spans", show_legend=False, visible=False,
-                                color_map={COPIED: "#f59e0b"}, elem_id="copies")
+    marked = gr.HTML(visible=False, elem_id="copies")  # HTML: Gradio copies no API schema of it into sessions
     said = gr.Markdown(visible=False, elem_id="copies-summary")
-    for event in (toggle.change, thinking.change):
-        event(lambda snap, on: copies_view(registry, snap, on), inputs=[snapshot, toggle], outputs=[marked, said],
-              api_visibility="private")
+    toggle.change(lambda snap, on: copies_view(registry, snap, on), inputs=[snapshot, toggle],
+                  outputs=[marked, said], api_visibility="private")
+    # a story's end redraws it only when shown: an update would give the visitor's session its own copy of both
+    thinking.change(lambda snap, on: copies_view(registry, snap, on) if on else (gr.skip(), gr.skip()),
+                    inputs=[snapshot, toggle], outputs=[marked, said], api_visibility="private")
 
 
 def copies_api(registry: ModelRegistry):

@@ -10,7 +10,7 @@ import gradio as gr
 from tinygpt.inference.inspect import MAX_IDS, SHARED_ROW, Inspection, first_top_layers, inspect
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.views import SCROLL_TO, shown
+from tinygpt.playground.views import SCROLL_TO, coloured_html
 from tinygpt.serving.loading import LoadedModel
 
 AVERAGE = "average of the heads"
@@ -152,7 +152,7 @@ def inspect_api(registry: ModelRegistry):
 
 
 NEVER_TOP = "never the top"
-STRIP_COLOURS = ("#1e3a8a", "#2563eb", "#60a5fa", "#93c5fd", "#bfdbfe", "#dbeafe", "#eff6ff")  # early = darker
+STRIP_COLOURS = ("#60a5fa", "#93c5fd", "#bfdbfe", "#dbeafe", "#eff6ff", "#f8fafc")  # decided earlier: darker
 
 
 def strip_names(n_layer: int) -> list[str]:
@@ -170,18 +170,19 @@ def layer_strip(registry: ModelRegistry, snap: StorySnapshot | None, on: bool) -
     written = [t for t in snap.ids if t != loaded.tokenizer.eot_id][:len(snap.probs)]  # the ids of the pieces
     layers = loaded.batcher.compute.call(first_top_layers, loaded.model, list(snap.prompt_ids), written,
                                          loaded.tokenizer.eot_id)
-    colours = {name: STRIP_COLOURS[min(i, len(STRIP_COLOURS) - 1)] for i, name in enumerate(names)}
-    return gr.update(visible=True, value=[(shown(text), names[k] if k >= 0 else NEVER_TOP)
-                                          for (text, _), k in zip(snap.pieces, layers)],
-                     color_map={**colours, NEVER_TOP: "#fca5a5"})
+    colours = {**{name: STRIP_COLOURS[min(i, len(STRIP_COLOURS) - 1)] for i, name in enumerate(names)},
+               NEVER_TOP: "#fca5a5"}
+    pieces = [(text, colours[names[k] if k >= 0 else NEVER_TOP]) for (text, _), k in zip(snap.pieces, layers)]
+    return gr.update(visible=True, value=coloured_html(pieces, colours))
 
 
 def strip_panel(registry: ModelRegistry, snapshot: gr.State, thinking: gr.HighlightedText) -> None:
     """A toggle and the strip under the story's shaded tokens; redrawn when a story ends."""
     toggle = gr.Checkbox(False, label="Colour each token by the layer where it became the top prediction",
                          elem_id="show-layers")
-    strip = gr.HighlightedText(label="The story through the layers (darker = decided earlier)", visible=False,
-                               show_legend=True, elem_id="layer-strip")
-    for event in (toggle.change, thinking.change):
-        event(lambda snap, on: layer_strip(registry, snap, on), inputs=[snapshot, toggle], outputs=[strip],
-              api_visibility="private")
+    strip = gr.HTML(visible=False, elem_id="layer-strip")  # HTML: Gradio copies no API schema of it into sessions
+    toggle.change(lambda snap, on: layer_strip(registry, snap, on), inputs=[snapshot, toggle], outputs=[strip],
+                  api_visibility="private")
+    # a story's end redraws it only when shown: an update would give the visitor's session its own copy of it
+    thinking.change(lambda snap, on: layer_strip(registry, snap, on) if on else gr.skip(),
+                    inputs=[snapshot, toggle], outputs=[strip], api_visibility="private")

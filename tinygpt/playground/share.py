@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import tempfile
-from pathlib import Path
 from typing import AsyncIterator
 from urllib.parse import urlencode
 
@@ -97,14 +95,17 @@ def story_page(snap: StorySnapshot) -> str:
             "surer of the token; hover for what else it considered.</small></p></body></html>\n")
 
 
-def save_files(snap: StorySnapshot | None) -> list[str] | None:
-    """The story as story.json and story.html in a fresh temporary folder (Gradio serves them for download)."""
+def saved(snap: StorySnapshot | None, as_html: bool) -> str:
+    """The story as the text of story.json or story.html, which the page downloads (no file on the server)."""
     if snap is None or not snap.probs:
         raise gr.Error("Write a story first.", print_exception=False)
-    folder = Path(tempfile.mkdtemp(prefix="tinygpt-story-"))
-    (folder / "story.json").write_text(json.dumps(story_record(snap), indent=1) + "\n", encoding="utf-8")
-    (folder / "story.html").write_text(story_page(snap), encoding="utf-8")
-    return [str(folder / "story.json"), str(folder / "story.html")]
+    return story_page(snap) if as_html else json.dumps(story_record(snap), indent=1) + "\n"
+
+
+# the browser saves the text it was sent as a file: no file on the server, and no File component, whose schema
+# Gradio would copy into every visitor's session
+DOWNLOAD = ("(text) => {{ if (!text) return; const a = document.createElement('a'); a.href = URL.createObjectURL("
+            "new Blob([text], {{type: '{}'}})); a.download = '{}'; a.click(); }}")
 
 
 def make_replay(registry: ModelRegistry, interval: float, rate: float):
@@ -137,9 +138,10 @@ def panel(registry: ModelRegistry, demo: gr.Blocks, inputs: list, outputs: list,
     snapshot, thinking = outputs[2], outputs[3]
     with gr.Row():
         share = gr.Button("Share link", size="sm", elem_id="share")
-        save = gr.Button("Save as JSON and HTML", size="sm", elem_id="save")
+        save_json = gr.Button("Save as JSON", size="sm", elem_id="save-json")
+        save_html = gr.Button("Save as HTML", size="sm", elem_id="save-html")
     url = gr.Textbox(label="A link to this very story", visible=False, buttons=["copy"], elem_id="share-url")
-    files = gr.File(label="The story", file_count="multiple", visible=False, elem_id="story-files")
+    payload = gr.Textbox(visible=False)  # what a Save sends the browser to download
 
     def query(snap: StorySnapshot | None) -> dict:
         if snap is None or not snap.probs:
@@ -148,8 +150,10 @@ def panel(registry: ModelRegistry, demo: gr.Blocks, inputs: list, outputs: list,
 
     share.click(query, inputs=[snapshot], outputs=[url], queue=False, api_visibility="private").then(
         None, inputs=[url], outputs=[url], js="(q) => window.location.origin + window.location.pathname + q")
-    save.click(lambda snap: gr.update(visible=True, value=save_files(snap)), inputs=[snapshot], outputs=[files],
-               api_visibility="private")
+    for button, as_html, kind, name in ((save_json, False, "application/json", "story.json"),
+                                        (save_html, True, "text/html", "story.html")):
+        button.click(lambda snap, h=as_html: saved(snap, h), inputs=[snapshot], outputs=[payload],
+                     api_visibility="private").then(None, inputs=[payload], js=DOWNLOAD.format(kind, name))
     link = gr.State(None)
 
     def opened(request: gr.Request) -> tuple:
@@ -166,4 +170,5 @@ def panel(registry: ModelRegistry, demo: gr.Blocks, inputs: list, outputs: list,
 
     demo.load(opened, outputs=[*inputs, link], queue=False, api_visibility="private").then(
         make_replay(registry, interval, rate), inputs=[link], outputs=outputs[:3], show_progress="hidden",
-        api_visibility="private").then(show_tokens, inputs=[snapshot], outputs=[thinking], api_visibility="private")
+        api_visibility="private").then(lambda found, snap: show_tokens(snap) if found else gr.skip(),
+                                       inputs=[link, snapshot], outputs=[thinking], api_visibility="private")

@@ -2,6 +2,7 @@
 turning the page's (or the API's) values into SamplingParams with one clear message for a bad one."""
 from __future__ import annotations
 
+import html
 import math
 
 from tinygpt.evaluation.quality import describe
@@ -70,6 +71,15 @@ def show_tokens(snap: StorySnapshot | None) -> list:
     """The shaded tokens of a story. Sent once the story ends or is stopped, not with every update: Gradio
     builds and diffs an object per token for this view, which cost more than the model on 16 streams."""
     return token_view(snap)[0] if snap is not None else []
+
+
+def coloured_html(pieces: list[tuple[str, str]], legend: dict[str, str] | None = None) -> str:
+    """The story's pieces as HTML, each on its background colour ('' for none), under a legend (name: colour)."""
+    keys = "".join(f'<span style="background:{c};padding:0 4px;margin-right:6px">{html.escape(n)}</span>'
+                   for n, c in (legend or {}).items())
+    body = "".join(f'<span style="background:{c}">{html.escape(t)}</span>' if c else html.escape(t)
+                   for t, c in pieces)
+    return (f"<div>{keys}</div>" if keys else "") + f'<div style="white-space:pre-wrap;line-height:1.7">{body}</div>'
 
 
 def alternatives_table(view: tuple, i: int) -> str:
