@@ -83,9 +83,13 @@ def model_for(registry: ModelRegistry, label: str) -> LoadedModel:
 
 
 def make_write_branch(registry: ModelRegistry, interval: float, rate: float):
-    async def write_branch(picked: tuple | None, choice: str | None, typed: str | None) -> AsyncIterator[tuple]:
+    async def write_branch(picked: tuple | None, choice: str | None, typed: str | None, tree: list[Node] | None
+                           ) -> AsyncIterator[tuple]:
         if picked is None:
             raise gr.Error("Click a token of a finished story first.", print_exception=False)
+        if tree and len(tree) >= MAX_BRANCHES:
+            raise gr.Error(f"This story has {MAX_BRANCHES} branches, as many as a page keeps: press Generate for a "
+                           "new story to branch.", print_exception=False)
         snap, piece = picked
         loaded = model_for(registry, snap.source)
         try:
@@ -160,11 +164,8 @@ def panel(registry: ModelRegistry, outputs: list, stop: gr.Button, resets: list,
                 api_visibility="private")
 
     def add(kept: list[Node] | None, click: tuple | None, snap: StorySnapshot | None) -> tuple:
-        if click is None or snap is None or snap is click[0]:
-            return kept, tree_update(kept, 0)
-        if kept and len(kept) >= MAX_BRANCHES:
-            gr.Warning(f"This story has {MAX_BRANCHES} branches; the oldest branch is not kept.")
-            kept = [kept[0], *kept[2:]]
+        if click is None or snap is None or snap is click[0]:  # no branch was written (refused, or failed)
+            return gr.skip(), gr.skip()
         word = snap.pieces[click[1]][0] if click[1] < len(snap.pieces) else ""
         new = grown(kept, click[0], click[1], word, snap)
         return new, tree_update(new, len(new) - 1)
@@ -175,7 +176,7 @@ def panel(registry: ModelRegistry, outputs: list, stop: gr.Button, resets: list,
         snap = kept[i].snap
         return snap.text, stats_line(snap), snap, show_tokens(snap), gr.update(visible=False)
 
-    runs = wire(go, stop, make_write_branch(registry, interval, rate), [picked, choice, typed],
+    runs = wire(go, stop, make_write_branch(registry, interval, rate), [picked, choice, typed, tree],
                 [story, stats, snapshot], None, [(snapshot, thinking)])
     for run in runs:
         run.then(add, inputs=[tree, picked, snapshot], outputs=[tree, branches], api_visibility="private")
