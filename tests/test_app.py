@@ -385,6 +385,7 @@ def test_browser_compare_streams_two_stories_side_by_side(server):
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_story_comes_into_view_on_a_phone(server):
     """Catches a phone visitor pressing Generate and seeing the sliders while the story streams off screen."""
+    from playwright.sync_api import expect
 
     with browser_page(390, 844, is_mobile=True, has_touch=True) as page:
         page.goto(server)
@@ -394,6 +395,7 @@ def test_browser_story_comes_into_view_on_a_phone(server):
         page.wait_for_timeout(1000)
         story = page.locator("#story textarea")
         assert in_view(page, "#story")["visible"] >= 240, in_view(page, "#story")
+        expect(story).not_to_have_value("", timeout=15_000)  # the first tokens (a busy CI machine: over a second)
         first = len(story.input_value())
         page.wait_for_timeout(1000)
         assert len(story.input_value()) > first > 0  # and it grows there
