@@ -10,6 +10,7 @@ import sys
 
 from tinygpt.kernels.quantize import PRECISIONS
 from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.sessions import keep_sessions_lean
 from tinygpt.playground.ui import build_demo
 from tinygpt.serving.loading import ServeConfig
 
@@ -94,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and registry.served is None:  # the operator named this model: stop, and say why
         print(f"app.py: error: {registry.problem_plain}", file=sys.stderr)
         return 2
-    # Gradio runs at most max_threads events at once (default 40): every story decoding or waiting is one
-    # Gradio keeps every session (its own copy of the page's settings, its last story) until this many newer
-    # ones have come: where the server's memory levels off (bench/soak.py --new-visitors)
+    # Gradio runs at most max_threads events at once (default 40): every story decoding or waiting takes one.
+    # It keeps each visitor's session (made lean: its last story and settings) until --max-sessions newer ones
+    # have come: where the server's memory levels off (bench/soak.py --new-visitors)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
                 prevent_thread_lock=True, max_threads=max(40, args.concurrency + args.max_queue + 8),
                 state_session_capacity=args.max_sessions)
+    keep_sessions_lean(demo)
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     print(f"TinyGPT playground: http://{host}:{demo.server_port}/" + (f"  (public: {demo.share_url})" if
           demo.share_url else "") + "  — Ctrl-C to stop", flush=True)

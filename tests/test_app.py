@@ -19,6 +19,7 @@ from tests.conftest import TINY
 from tinygpt import GPT, save_checkpoint
 from tinygpt.inference.engine import Engine
 from tinygpt.playground.registry import ModelRegistry
+from tinygpt.playground.sessions import keep_sessions_lean
 from tinygpt.playground.ui import build_demo
 from tinygpt.serving.loading import ServeConfig
 
@@ -81,6 +82,7 @@ def server(registry):
         demo = build_demo(registry)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        keep_sessions_lean(demo)  # as app.py does
         yield f"http://127.0.0.1:{port}/"
         demo.close()
 
