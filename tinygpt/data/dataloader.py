@@ -28,9 +28,9 @@ class TokenDataset:
         return len(self.data)
 
     def windows(self, starts: torch.Tensor | np.ndarray, device: torch.device | str = "cpu",
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, y of shape (B, block_size) for windows that begin at `starts`."""
-        T = self.block_size
+                length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y of shape (B, length) (default: block_size) for windows that begin at `starts`."""
+        T = length or self.block_size
         rows = np.stack([self.data[i:i + T + 1] for i in np.asarray(starts)]).astype(np.int64)
         xy = torch.from_numpy(rows)
         if torch.device(device).type == "cuda":

@@ -47,6 +47,9 @@ class TrainConfig:
     dtype: str = _f("auto", "autocast dtype: float32, bfloat16, float16 or auto",
                     choices=["auto", "float32", "bfloat16", "float16"])
     compile: bool = _f(False, "torch.compile the model (faster on GPUs after a warm-up)")
+    half_window_frac: float = _f(0.0, "read windows of half --block-size (twice as many a micro-batch: the same "
+                                      "tokens a step) for this share of the steps first, then the whole window: "
+                                      "short windows teach more a second (0 = the whole window throughout)")
     data_vocab: bool = _f(False, "give embedding/output rows only to the token ids the training data uses (the "
                                  "rest share one row; losses stay full-vocabulary): ~4x faster small models on CPUs")
     seed: int = _f(1337, "seed for weights, batches and dropout")
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"--snapshots must be >= 0 (0 = none), got {self.snapshots}")
         if self.init_from and self.resume:
             raise ValueError("--init-from starts a new run and --resume continues one in --out-dir: use one")
+        if not 0.0 <= self.half_window_frac < 1.0:
+            raise ValueError(f"--half-window-frac must be in [0, 1) (0 = off), got {self.half_window_frac}")
         if self.warmup_iters < 0:
             raise ValueError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
 

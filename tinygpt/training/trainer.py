@@ -40,6 +40,7 @@ from tinygpt.training.schedule import cooldown_start, lr_at, wsd_lr_at
 from tinygpt.training.signals import StopRequest
 from tinygpt.training.state import load_resumable, load_training_state, save_training_checkpoint
 from tinygpt.training.warm_start import warm_start
+from tinygpt.training.windows import WindowSchedule, tie_positions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Trainer:
                                          (config.beta1, config.beta2), self.device.type, config.muon_lr)
         self.ema = EMA(self.model, config.ema) if config.ema else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.windows = WindowSchedule(self.model_config.block_size, config.half_window_frac)
         if config.resume:
             self._restore(self.out_dir / "last")
         self.accum = config.grad_accum(self.model_config.block_size, self.dist.world_size)
@@ -122,6 +124,7 @@ class Trainer:
         self.step, self.tokens_seen = progress["step"], progress["tokens_seen"]
         self.best_val = progress.get("best_val", math.inf)
         self.cooldown = tuple(progress["cooldown"]) if progress.get("cooldown") else None
+        self.windows.full_from = progress.get("full_windows_from", 0)  # runs saved before the schedule: whole
         log.info("resuming from %s at step %d (%d tokens seen)", last, self.step, self.tokens_seen)
 
     def lr(self, step: int) -> float:
@@ -140,25 +143,29 @@ class Trainer:
             self.cooldown = (self.step, c.learning_rate)
             log.info("cooldown from step %d of %d", self.step, self.max_iters)
 
-    def batch_starts(self, step: int) -> np.ndarray:
-        """Window starts of the whole global batch of `step`: the same whatever the number of processes."""
-        n = self.config.batch_size * self.accum * self.dist.world_size
+    def batch_starts(self, step: int, T: int | None = None) -> np.ndarray:
+        """Starts of the windows of T tokens (default: the block) of the whole global batch of `step`: the same
+        whatever the number of processes. A micro-batch holds batch_size x block_size tokens."""
+        T = T or self.model_config.block_size
+        n = self.config.batch_size * self.model_config.block_size // T * self.accum * self.dist.world_size
         rng = np.random.default_rng([self.config.seed, step])
-        return rng.integers(0, len(self.train_data) - self.model_config.block_size - 1, size=n)
+        return rng.integers(0, len(self.train_data) - T - 1, size=n)
 
     def train_step(self) -> float | None:
         """One optimizer step (all micro-batches); returns the mean loss over all processes, or None when a
         stop request dropped the step (single process: checked between micro-batches, so it ends promptly)."""
-        B, world, rank = self.config.batch_size, self.dist.world_size, self.dist.rank
+        T = self.windows.window(self.step, self.max_iters)
+        B = self.config.batch_size * self.model_config.block_size // T  # rows of T tokens in a micro-batch
+        world, rank = self.dist.world_size, self.dist.rank
         torch.manual_seed(int(np.random.SeedSequence([self.config.seed, rank, self.step]).generate_state(1)[0]))
-        starts, total = self.batch_starts(self.step), torch.zeros((), device=self.device)
+        starts, total = self.batch_starts(self.step, T), torch.zeros((), device=self.device)
         self._begin_cooldown()
         self.optimizer.set_lr(self.lr(self.step))
         for micro in range(self.accum):
             if self.stop.requested and not self.dist.enabled:  # DDP ranks must agree: they stop between steps
                 self.optimizer.zero_grad()
                 return None
-            x, y = self.train_data.windows(starts[(micro * world + rank) * B:][:B], self.device)  # every world-th
+            x, y = self.train_data.windows(starts[(micro * world + rank) * B:][:B], self.device, T)  # every world-th
             last = micro == self.accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
             with sync:  # all-reduce gradients once per step, not per micro-batch
@@ -166,15 +173,22 @@ class Trainer:
                     _, loss = self.train_model(x, y)
                 self.scaler.scale(loss / self.accum).backward()
             total += loss.detach() / self.accum
+        self._update(T)
+        return float(mean_across(total, self.dist))
+
+    def _update(self, T: int) -> None:
+        """The optimizer step from the accumulated gradients (clipped), then the average, after windows of T."""
         if self.config.grad_clip > 0:
             self.optimizer.unscale(self.scaler)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step(self.scaler)
         self.scaler.update()
         self.optimizer.zero_grad()
+        models = [self.model, self.ema.model] if self.ema else [self.model]
         if self.ema:
             self.ema.update(self.model, self.step)
-        return float(mean_across(total, self.dist))
+        for model in models if T < self.model_config.block_size else ():
+            tie_positions(model, T)  # positions not read yet follow the last one read (windows.py)
 
     def save(self, name: str, val_loss: float | None, **extra) -> None:
         meta = dict(step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss, **extra,
@@ -185,7 +199,7 @@ class Trainer:
             save_checkpoint(self.evaluated, self.out_dir / name, **meta)
             return
         progress = dict(step=self.step, tokens_seen=self.tokens_seen, best_val=self.best_val,
-                        cooldown=self.cooldown)
+                        cooldown=self.cooldown, full_windows_from=self.windows.full_from)
         save_training_checkpoint(self.out_dir / name, self.model, self.optimizer, self.scaler, progress,
                                  self.ema, **meta)
 

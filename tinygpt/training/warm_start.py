@@ -16,6 +16,7 @@ import torch
 
 from tinygpt.model.checkpoint import CheckpointError, load_checkpoint
 from tinygpt.model.gpt import GPT, GPTConfig
+from tinygpt.training.windows import tie_positions
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ def grow_window(model: GPT, block_size: int, dropout: float | None = None) -> GP
     grown = GPT(dataclasses.replace(model.config, block_size=block_size, dropout=dropout))
     state = model.state_dict()
     wpe = state["transformer.wpe.weight"]  # (old, C)
-    state["transformer.wpe.weight"] = torch.cat([wpe, wpe[-1:].expand(block_size - old, -1)])  # (block_size, C)
+    state["transformer.wpe.weight"] = torch.cat([wpe, wpe.new_empty(block_size - old, wpe.shape[1])])
     grown.load_state_dict(state)
+    tie_positions(grown, old)  # (block_size, C): the new positions start as the last trained one
     return grown
 
 
