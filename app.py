@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="requests that may wait beyond those; more are refused with a message "
                         "(default: $TINYGPT_MAX_QUEUE, else 64)")
     p.add_argument("--max-sessions", type=int, default=int(env.get("TINYGPT_MAX_SESSIONS", "2000")),
-                   help="visitors' sessions kept in memory, about 0.4 MB each (a page's settings and its last "
+                   help="visitors' sessions kept in memory, about 60 KB each (a page's settings and its last "
                         "story); past this the oldest is dropped, and its page, if still open, can no longer show "
                         "that story's tokens (default: $TINYGPT_MAX_SESSIONS, else 2000)")
     args = p.parse_known_args(argv)[0]  # known only: `gradio app.py` passes its own arguments
