@@ -90,6 +90,13 @@ def test_generate(tmp_path):
                                      "--reps", "1")
 
 
+def test_generate_ab(tiny):
+    """Both sides' workers start, alternate and answer; HEAD against itself (the plumbing, not the speed)."""
+    out = bench("generate_ab.py", "--baseline", "HEAD", "--rounds", "2", "--new-tokens", "4", "--checkpoint", tiny,
+                "--precision", "fp32", "--no-compile")
+    assert "round 2: this " in out and "baseline HEAD" in out and "ratio: " in out
+
+
 def test_profile_step(tiny, caches):
     out = bench("profile_step.py", "--checkpoint", tiny, "--batch", "1", "2", "--steps", "3", "--top", "5",
                 "--no-compile", env=caches)  # the compiled step's figure: bench/generate.py's smoke compiles
@@ -128,6 +135,6 @@ def test_train_and_cpu_recipe(token_data, tmp_path):
 def test_every_bench_script_has_a_smoke_run():
     """Catches a new bench/ script without a run here."""
     covered = {"serve", "soak", "cold_start", "batching", "cpu_kernels", "generate", "inspect_token",
-               "story_quality", "prepare", "train", "cpu_recipe", "training_tab", "profile_step", "branch"}
+               "story_quality", "prepare", "train", "cpu_recipe", "training_tab", "profile_step", "branch", "generate_ab"}
     scripts = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"visitor"}  # visitor.py: a module the others use
     assert scripts == covered

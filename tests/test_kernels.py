@@ -248,11 +248,12 @@ def _cache_attention_case(B, T, nh, hs, L, seed=0):
 
 
 @needs_kernels
-@pytest.mark.parametrize("B, T, nh, hs, L", [(1, 1, 6, 64, 128), (3, 5, 4, 16, 40), (2, 1, 2, 8, 9)])
+@pytest.mark.parametrize("B, T, nh, hs, L", [(1, 1, 6, 64, 128), (3, 5, 4, 16, 40), (2, 1, 2, 8, 9),
+                                            (2, 1, 4, 64, 512)])
 def test_cache_attention_is_the_math_backend_over_the_allowed_slots(B, T, nh, hs, L):
     """Catches an off-by-one at the last allowed slot (a query must see its own key), a slot past its position
     leaking in, heads or queries read from the wrong offsets of the strided q, or a softmax tail handled apart
-    from the 8-wide loop (lengths that are not multiples of 8)."""
+    from the 8-wide loop (lengths that are not multiples of 8), or scratch sized for a short window (512 slots)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q, k, v, positions = _cache_attention_case(B, T, nh, hs, L)

@@ -11,8 +11,7 @@ import gradio as gr
 from tinygpt.data.tokenizer import Tokenizer
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.views import request_params, show_tokens, stats_line
-from tinygpt.serving.batching import QueueFull, StoryFailed
+from tinygpt.playground.views import request_params, said_on_the_page, show_tokens, stats_line
 from tinygpt.serving.loading import LoadedModel
 from tinygpt.serving.stream import astream_branch
 
@@ -66,12 +65,10 @@ def branch_point(snap: StorySnapshot, piece: int, choice: str | None, typed: str
 async def branch_stream(loaded: LoadedModel, snap: StorySnapshot, kept: list[int], chosen: int,
                         interval: float, rate: float) -> AsyncIterator[StorySnapshot]:
     """The branch's snapshots, a bad request or a busy playground as one clear message on the page."""
-    try:
+    with said_on_the_page():
         async for new in astream_branch(loaded.batcher, loaded.tokenizer, snap.text[:snap.start], kept, chosen,
                                         snap.params, interval, rate, snap.source):
             yield new
-    except (QueueFull, StoryFailed, ValueError) as e:
-        raise gr.Error(str(e), print_exception=False) from None
 
 
 def model_for(registry: ModelRegistry, label: str) -> LoadedModel:
@@ -111,14 +108,12 @@ def branch_api(registry: ModelRegistry):
         them; the same seed and settings as the story give its siblings). Returns its text, prompt ids, ids,
         probabilities and seed."""
         loaded = model_for(registry, model)
-        try:
+        with said_on_the_page():
             params = request_params(temperature, top_k, top_p, max_new_tokens, seed, min_p, repetition_penalty)
             last = None
             async for last in astream_branch(loaded.batcher, loaded.tokenizer, prompt, ids, chosen, params,
                                              source=model or registry.labels()[0]):
                 pass
-        except (QueueFull, StoryFailed, ValueError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
         return {"text": last.text, "prompt_ids": list(last.prompt_ids), "ids": list(last.ids),
                 "probs": list(last.probs), "seed": last.seed, "branch_at": len(ids)}
 

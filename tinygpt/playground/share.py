@@ -14,8 +14,7 @@ import gradio as gr
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import StorySnapshot
 from tinygpt.playground.registry import ModelRegistry
-from tinygpt.playground.views import request_params, show_tokens, stats_line
-from tinygpt.serving.batching import QueueFull, StoryFailed
+from tinygpt.playground.views import request_params, said_on_the_page, show_tokens, stats_line
 from tinygpt.serving.stream import astream_branch, astream_story
 
 # link parameter -> SamplingParams field
@@ -121,11 +120,9 @@ def make_replay(registry: ModelRegistry, interval: float, rate: float):
         stream = astream_branch(loaded.batcher, loaded.tokenizer, prompt, given[:-1], given[-1], params, interval,
                                 rate, source) if given else \
             astream_story(loaded.batcher, loaded.tokenizer, prompt, params, interval, rate, source)
-        try:
+        with said_on_the_page():
             async for snap in stream:
                 yield snap.text, stats_line(snap), snap
-        except (QueueFull, StoryFailed, ValueError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
 
     return replay
 

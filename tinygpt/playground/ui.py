@@ -15,8 +15,7 @@ from tinygpt.playground import branches, copies, inside, share
 from tinygpt.playground.registry import ModelRegistry
 from tinygpt.playground.training_tab import training_tab
 from tinygpt.playground.views import (SCROLL_TO, alternatives_table, model_card, request_params, request_seed,
-                                      show_tokens, stats_line, token_view)
-from tinygpt.serving.batching import QueueFull, StoryFailed
+                                      said_on_the_page, show_tokens, stats_line, token_view)
 from tinygpt.serving.loading import HOW_TO_GET_A_MODEL, LoadedModel
 from tinygpt.serving.stream import astream_story
 
@@ -60,12 +59,10 @@ async def story_stream(loaded: LoadedModel, prompt: str, params: SamplingParams,
     stories run; a busy playground refuses with a message."""
     if not isinstance(prompt, str | None):  # the event takes its inputs as sent (preprocess=False in `wire`)
         raise gr.Error(f"prompt must be text, got {type(prompt).__name__}", print_exception=False)
-    try:
+    with said_on_the_page():
         async for snap in astream_story(loaded.batcher, loaded.tokenizer, prompt, params, UPDATE_INTERVAL_S,
                                         UPDATES_PER_S, label):
             yield snap
-    except (QueueFull, StoryFailed) as e:  # a busy playground, or a failed step (logged once by the batcher)
-        raise gr.Error(str(e), print_exception=False) from None
 
 
 def make_generate(registry: ModelRegistry):

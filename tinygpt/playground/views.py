@@ -2,13 +2,18 @@
 turning the page's (or the API's) values into SamplingParams with one clear message for a bad one."""
 from __future__ import annotations
 
+import contextlib
 import html
 import math
+from collections.abc import Iterator
+
+import gradio as gr
 
 from tinygpt.evaluation.quality import describe
 from tinygpt.evaluation.story_loss import story_line
 from tinygpt.inference.sampling import SamplingParams
 from tinygpt.inference.story import TOP_ALTERNATIVES, StorySnapshot
+from tinygpt.serving.batching import QueueFull, StoryFailed
 from tinygpt.serving.loading import HOW_TO_GET_A_MODEL, LoadedModel
 
 # On a phone the settings fill the screen: pressing Generate (or clicking a token) brings the story (or the view
@@ -114,3 +119,13 @@ def request_params(temperature: object, top_k: object, top_p: object, max_new_to
     extra = {k: v for k, v in (("min_p", min_p), ("repetition_penalty", repetition_penalty)) if v is not None}
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                           seed=request_seed(seed), **extra)
+
+
+@contextlib.contextmanager
+def said_on_the_page() -> Iterator[None]:
+    """A busy playground (QueueFull), a failed step (StoryFailed, logged once by the batcher) or a bad request
+    (ValueError) as one message on the visitor's page, and no traceback in the server's log."""
+    try:
+        yield
+    except (QueueFull, StoryFailed, ValueError) as e:
+        raise gr.Error(str(e), print_exception=False) from None
