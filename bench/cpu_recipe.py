@@ -51,9 +51,11 @@ CANDIDATES = {  # name: flags on top of --preset cpu
     "6x256-muon-wsd-wd0.5-d0.1": [*SHAPES["6x256"], *MUON_WSD, *REG, "--ema", "0"],
     "preset": [],  # --preset cpu as it is now (4x256-muon-wsd-wd0.5 with --ema 0.998)
     # issue 33: the window, with the batch in tokens kept equal (4,096 a micro-batch, 8,192 a step)
-    "window-128": ["--block-size", "128", "--batch-size", "32"],
-    "window-256": ["--block-size", "256", "--batch-size", "16"],
-    "window-512": ["--block-size", "512", "--batch-size", "8"],
+    "window-128": ["--block-size", "128", "--batch-size", "32", "--half-window-frac", "0"],
+    "window-256": ["--block-size", "256", "--batch-size", "16", "--half-window-frac", "0"],
+    "window-512": ["--block-size", "512", "--batch-size", "8", "--half-window-frac", "0"],
+    # windows of 128 until the cooldown, then 256 (--half-window-frac)
+    "window-256-half0.6": ["--block-size", "256", "--batch-size", "16", "--half-window-frac", "0.6"],
 }
 DATA = "data/tinystories"
 TARGETS = (2.4, 2.3, 2.228)  # val losses to time: the issue's milestones and the shipped model's best
