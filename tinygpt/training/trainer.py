@@ -88,6 +88,10 @@ class Trainer:
         log.info("model %.2fM parameters; %d micro-batches of %d x %d per step on %d process(es) = %d tokens",
                  self.model.num_params() / 1e6, self.accum, config.batch_size, self.model_config.block_size,
                  self.dist.world_size, self.step_tokens)
+        if config.half_window_frac and self.windows.full_from is None:
+            log.info("windows of %d (%d a micro-batch) for the first %.0f%% of the steps, then of %d",
+                     self.model_config.block_size // 2, 2 * config.batch_size, 100 * config.half_window_frac,
+                     self.model_config.block_size)
 
     def _set_up_cuda(self) -> None:
         if self.device.type == "cuda":
