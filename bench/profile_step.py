@@ -8,9 +8,14 @@ torch.profiler after a warm-up. For the eager step, each operation's calls per s
 call, and its share of the operations' time (many calls of a few microseconds each are fixed cost: dispatch,
 waking threads, quantizing an input row; a call's bytes over its time would be far below the memory's rate).
 Then the eager step's time without the profiler and the compiled step's (best of 3 each), its tokens/s, and the rate
-at which it reads the matmuls' weights (each layer's once a step, and the head's).
+at which it reads the matmuls' weights (each layer's once a step, and the head's). Where the serving copy takes the
+one-pass step (tinygpt.kernels.one_pass), its time too, split by subtraction (the profiler sees one call): the
+engine's host work around it, the blocks, and the rest of the call (embedding, head, ranking, sampling: the same
+step over the copy without its blocks).
 """
 import argparse
+import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tinygpt import GPT, GPTConfig, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.inference.sampling import SamplingParams  # noqa: E402
+from tinygpt.inference.sampling import SamplingParams, settings_tensor  # noqa: E402
+from tinygpt.kernels import one_pass  # noqa: E402
 from tinygpt.kernels.quantize import default_precision, for_serving  # noqa: E402
 
 PARAMS = SamplingParams(temperature=1.0, top_k=50, max_new_tokens=1024, seed=0, stop_at_eot=False, alternatives=5)
@@ -62,6 +68,33 @@ def table(engine: Engine, batch: int, n: int, top: int) -> float:
     return per_step
 
 
+def one_pass_parts(served: GPT, batch: int, n: int) -> str:
+    """The one-pass step's line: the engine's step, the step's call alone, and that call over the copy without its
+    blocks (best of 3 each), in ms per step."""
+    engine = Engine(served, batch_sizes=(batch,))
+    state = prepared(engine, batch)
+    whole = min(steps(engine, state, n) for _ in range(3))
+    headless = copy.deepcopy(served)
+    headless.config = dataclasses.replace(served.config, n_layer=0)
+    headless.transformer.h = torch.nn.ModuleList()
+    call, rest = (min(step_call(Engine(m, batch_sizes=(batch,)), batch, n) for _ in range(3)) for m in (served, headless))
+    return (f"  one-pass step: {whole * 1e3:.3f} ms, {batch / whole:,.0f} tokens/s; the call alone {call * 1e3:.3f} ms "
+            f"(the blocks {(call - rest) * 1e3:.3f}, embedding + head + ranking + sampling {rest * 1e3:.3f}), the "
+            f"engine's host work {(whole - call) * 1e3:.3f}")
+
+
+def step_call(engine: Engine, batch: int, n: int) -> float:
+    """Seconds per call of the one-pass step alone (the same inputs each time, 64 tokens into a story)."""
+    cache, settings = engine.new_cache(batch), settings_tensor([PARAMS] * batch)
+    idx, u, seen = torch.full((batch, 1), 464), torch.rand(batch), None
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            cache.pos.fill_(64)
+            engine._one_pass(idx, cache, settings, u, seen)
+    return (time.perf_counter() - t0) / n
+
+
 def matmul_bytes(model: torch.nn.Module) -> int:
     """The bytes a decode step reads from the matmuls' weights (and scales): every layer once, and the head."""
     total = 0
@@ -90,18 +123,20 @@ def main() -> int:
           f"read per step), {torch.get_num_threads()} threads")
     for batch in args.batch:
         print(f"batch {batch}:")
-        eager = table(Engine(served, batch_sizes=(batch,)), batch, args.steps, args.top)
-        plain = Engine(served, batch_sizes=(batch,))
+        eager = table(Engine(served, batch_sizes=(batch,), one_pass=False), batch, args.steps, args.top)
+        plain = Engine(served, batch_sizes=(batch,), one_pass=False)
         unprofiled = min(steps(plain, prepared(plain, batch), args.steps) for _ in range(3))
         line = f"  eager step, unprofiled: {unprofiled * 1e3:.3f} ms"
         if args.compile:
-            engine = Engine(served, compile=True, batch_sizes=(batch,))
+            engine = Engine(served, compile=True, batch_sizes=(batch,), one_pass=False)
             state = prepared(engine, batch)
             steps(engine, state, 5)
             compiled = min(steps(engine, state, args.steps) for _ in range(3))
             line += (f"; compiled step: {compiled * 1e3:.3f} ms, {batch / compiled:,.0f} tokens/s, the weights read "
                      f"at {mb / 1e3 / compiled:.1f} GB/s")
         print(line)
+        if one_pass.unavailable(served) is None:
+            print(one_pass_parts(served, batch, args.steps))
     return 0
 
 

@@ -25,6 +25,14 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """Tiny, but as wide as the one-pass step needs (n_embd a multiple of 64): its serving copy takes that step."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+    return str(save_checkpoint(GPT(config), tmp_path_factory.mktemp("bench") / "wide"))
+
+
+@pytest.fixture(scope="module")
 def texts(tmp_path_factory):
     """A folder with train.txt and valid.txt as shared/data/tinystories has them."""
     root = tmp_path_factory.mktemp("texts")
@@ -97,10 +105,10 @@ def test_generate_ab(tiny):
     assert "round 2: this " in out and "baseline HEAD" in out and "ratio: " in out
 
 
-def test_profile_step(tiny, caches):
-    out = bench("profile_step.py", "--checkpoint", tiny, "--batch", "1", "2", "--steps", "3", "--top", "5",
+def test_profile_step(wide, caches):
+    out = bench("profile_step.py", "--checkpoint", wide, "--batch", "1", "2", "--steps", "3", "--top", "5",
                 "--no-compile", env=caches)  # the compiled step's figure: bench/generate.py's smoke compiles
-    assert "µs/call" in out and "batch 2:" in out
+    assert "µs/call" in out and "batch 2:" in out and "one-pass step: " in out and "the blocks " in out
 
 
 def test_inspect_token(tiny):

@@ -10,7 +10,10 @@ a bounded cost once every block_size/4 tokens.
 The step can be compiled (`compile=True`, or one batch size at a time with `compile_size`, as a server warming up
 does between stories): torch.compile of the same forward plus sampling, with static shapes (the cache is
 preallocated and attention is masked), once per batch size in `batch_sizes`; a batch is padded to the next
-compiled one, and runs eagerly where there is none. Text is not this module's business: see tinygpt.inference.story.
+compiled one, and runs eagerly where there is none. A CPU serving copy on our kernels (int8, int4) takes the
+one-pass step instead (tinygpt.kernels.one_pass: the whole forward, ranking and sampling in one call, at any batch
+size, nothing to compile); `one_pass=False` keeps the modules' step. Text is not this module's business: see
+tinygpt.inference.story.
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ import torch
 
 from tinygpt import kernels
 from tinygpt.data.tokenizer import EOT_ID
-from tinygpt.inference.sampling import (TOP_K_MAX, SamplingParams, choose_token, pick_top, resolve_seed,
+from tinygpt.inference.sampling import (ALT_MAX, TOP_K_MAX, SamplingParams, choose_token, pick_top, resolve_seed,
                                         settings_tensor, unpack_row)
 from tinygpt.inference.vocab import VocabTopK
+from tinygpt.kernels import one_pass
 from tinygpt.kernels.quantize import cache_dtype
 from tinygpt.model.gpt import GPT
 from tinygpt.model.kv_cache import KVCache
@@ -111,7 +115,7 @@ class Engine:
     """Generates token ids from a model; one Engine serves many streams (each with its own cache rows)."""
 
     def __init__(self, model: GPT, compile: bool = False, eot_id: int = EOT_ID,
-                 batch_sizes: tuple[int, ...] = (1,)) -> None:
+                 batch_sizes: tuple[int, ...] = (1,), one_pass: bool = True) -> None:
         self.model, self.eot_id = model, eot_id
         self.block_size = model.config.block_size
         self.keep = sliding_keep(self.block_size)
@@ -121,7 +125,9 @@ class Engine:
         # ranking the logits: our kernel where a serving copy has loaded them (this never builds them)
         rank = kernels.topk if self.device.type == "cpu" and kernels.loaded() else torch.topk
         self._topk = VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), rank)
-        self._logits, self._eager_pick = _eager_decode(model), decode_and_sample(model, self._topk)
+        self._one_pass = _one_pass_step(model, self._topk) if one_pass else None
+        self._logits = _eager_decode(model)
+        self._eager_pick = self._one_pass or decode_and_sample(model, self._topk)
         self._no_seen: torch.Tensor | None = None
         self._step: Callable[..., torch.Tensor] | None = None  # the decode step under torch.compile, once asked
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> its compiled step
@@ -132,12 +138,14 @@ class Engine:
     @property
     def compiled(self) -> bool:
         """Whether the step is compiled for every batch size (until then, a batch with no compiled size runs
-        eagerly)."""
-        return len(self._pick) == len(self.batch_sizes)
+        eagerly); the one-pass step needs no compiling."""
+        return self._one_pass is not None or len(self._pick) == len(self.batch_sizes)
 
     def uncompiled_sizes(self) -> tuple[int, ...]:
         """The batch sizes still to compile, smallest first; none once compiling has failed."""
-        return () if self.compile_failed else tuple(B for B in self.batch_sizes if B not in self._pick)
+        if self.compile_failed or self._one_pass is not None:
+            return ()
+        return tuple(B for B in self.batch_sizes if B not in self._pick)
 
     def compile_all(self) -> bool:
         """Compile the decode step for every batch size now (a stream then never waits on the compiler)."""
@@ -150,7 +158,10 @@ class Engine:
 
     def compile_size(self, B: int) -> bool:
         """Compile (trace and run once) the decode step for batch size B; from then on a batch padded to B uses
-        it. On any failure (no C++ compiler, say) the engine stays eager for good: False."""
+        it. On any failure (no C++ compiler, say) the engine stays eager for good: False. The one-pass step needs
+        none: True."""
+        if self._one_pass is not None:
+            return True
         try:
             self._step = self._step or compile_step(decode_and_sample(self.model, self._topk), self.device)
             with torch.no_grad():
@@ -197,7 +208,8 @@ class Engine:
         return next((B for B in self.batch_sizes if B >= n), n)
 
     def padded_size(self, n: int) -> int:
-        """The batch size a step over n streams runs at: the next compiled size, else n itself (eager)."""
+        """The batch size a step over n streams runs at: the next compiled size, else n itself (eager, or the
+        one-pass step, which takes any)."""
         return next((B for B in sorted(self._pick) if B >= n), n)
 
     @torch.no_grad()  # not inference_mode: the compiled step cannot take inference tensors
@@ -296,6 +308,17 @@ def decode_and_sample(model: GPT, topk: VocabTopK) -> Callable[..., torch.Tensor
         values, ids = topk(rows)
         return pick_top(values, ids, rows.logsumexp(-1), settings, u, seen)  # the rows' lse is the vocabulary's
     return decode_pick
+
+
+def _one_pass_step(model: GPT, topk: VocabTopK) -> one_pass.OnePassStep | None:
+    """The one-pass step (tinygpt.kernels.one_pass) where it runs this model, else None; logs which step runs."""
+    reason = one_pass.unavailable(model)
+    if reason is None:
+        log.info("decode step: one pass per token (tinygpt.kernels.one_pass)")
+        kept = (topk.id_of_row, topk.shared_ids) if topk.kept else ()
+        return one_pass.OnePassStep(model, topk.k, ALT_MAX, *kept)
+    log.info("decode step: the model's modules, compiled once asked (no one-pass step: %s)", reason)
+    return None
 
 
 def _skipping_guards(compiled: Callable) -> Callable:

@@ -34,15 +34,23 @@ class VocabTopK:
         k = self.k
         if not self.kept:
             return tuple(self.topk(rows, k))
-        S, n_shared = self.kept, self.n_shared
-        rows = torch.cat([rows[:, :S], rows[:, S:] - self.cost], dim=1)  # the shared row as one of its ids
-        top_values, top_rows = self.topk(rows, min(k, S + 1))
-        K, device = top_values.size(1), rows.device
+        rows = torch.cat([rows[:, :self.kept], rows[:, self.kept:] - self.cost], dim=1)  # the shared row as one id
+        return self.expand(*self.topk(rows, min(k, self.kept + 1)), rows[:, self.kept:])
+
+    def expand(self, top_values: torch.Tensor, top_rows: torch.Tensor, shared: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, ids), each (B, k), from the best head rows ranked with the shared row's value lowered by
+        `shared_row_cost` (`top_values`, `top_rows`, (B, K)) and that lowered value `shared` (B, 1): the shared
+        row's place is taken by its ids, in order. Without kept tokens, rows are ids: unchanged."""
+        if not self.kept:
+            return top_values, top_rows
+        k, S, n_shared = self.k, self.kept, self.n_shared
+        K, device = top_values.size(1), top_values.device
         j = torch.where(top_rows == S, torch.arange(K, device=device), K).amin(1, keepdim=True)  # its rank
         p = torch.arange(k, device=device)
-        shared = (p >= j) & (p < j + n_shared)  # (B, k): the places its ids take
+        in_shared = (p >= j) & (p < j + n_shared)  # (B, k): the places its ids take
         src = torch.where(p < j, p, p - n_shared + 1).clamp(0, K - 1)  # the place of each other id's row
-        values = torch.where(shared, rows[:, S:], top_values.gather(1, src))
-        ids = torch.where(shared, self.shared_ids[(p - j).clamp(0, n_shared - 1)],
+        values = torch.where(in_shared, shared, top_values.gather(1, src))
+        ids = torch.where(in_shared, self.shared_ids[(p - j).clamp(0, n_shared - 1)],
                           self.id_of_row[top_rows.gather(1, src)])
         return values, ids

@@ -1,6 +1,6 @@
 """Our own CPU kernels, and the one door to them: int8 and int4 matmuls on 8-bit integer multiplies, top-k over a
-row of logits, and attention over an fp16 KV cache (the C++ beside this file), loaded as torch ops
-(`torch.ops.tinygpt.*`) that torch.compile calls like any other op.
+row of logits, attention over an fp16 KV cache, and a whole decode step in one pass (the C++ beside this file),
+loaded as torch ops (`torch.ops.tinygpt.*`) that torch.compile calls like any other op.
 
 The door, and who comes through it:
     load(), loaded(), unsupported(), amx()   build or find the library (the serving copies; the server's warm-up)
@@ -8,9 +8,12 @@ The door, and who comes through it:
     cache_attention(q, k, v, positions)      one query row against the KV cache (quantize.KernelAttention)
     quantize.for_serving(model, precision)   the reduced-precision serving copies whose layers call the matmuls
                                              (serving, sharing, bench)
+    one_pass.OnePassStep(serving copy, ...)  a whole decode step of such a copy, sampled, in one call
+                                             (decode.cpp; inference.engine)
 
 They are built with the machine's C++ compiler against the installed torch, the first time something asks for
-them (`load()`: serving a model in int8 or int4 on a CPU, or `python -m tinygpt.kernels`), never at import. The
+them (`load()`: serving a model in int8 or int4 on a CPU, or `python -m tinygpt.kernels`), never at import (about
+30 s on 2 cores). The
 library goes to the user's cache folder (`$XDG_CACHE_HOME/tinygpt/kernels`, else `~/.cache/tinygpt/kernels`),
 created private; a folder or library that another user owns or could have written is never loaded. Its name
 hashes the sources, the compiler flags and the torch installation it links against. Where they cannot run (not
@@ -39,8 +42,10 @@ import torch
 from tinygpt.device import cpu_flags
 
 log = logging.getLogger(__name__)
-SOURCES = tuple(Path(__file__).with_name(f"{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk", "attention"))
-HEADERS = tuple(Path(__file__).with_name(f"{part}.h") for part in ("rows", "amx"))
+SOURCES = tuple(Path(__file__).with_name(f"{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk", "attention",
+                                                                   "decode"))
+HEADERS = tuple(Path(__file__).with_name(f"{part}.h") for part in ("rows", "amx", "dots", "attend", "rank",
+                                                                   "sample"))
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")  # AVX2 CPUs have FMA, F16C
 AVX512_VNNI = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni")
 # Builds with more instructions, best first: (the flags /proc/cpuinfo must list, the compiler flags). AMX's tiles

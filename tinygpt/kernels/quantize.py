@@ -13,6 +13,7 @@ and for a full-vocabulary model the head is most of them.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 
 import torch
@@ -247,10 +248,12 @@ def int8_or_bf16(linear: nn.Linear) -> nn.Module:
     return bf16
 
 
-def for_serving(model: nn.Module, precision: str = "fp32", build_kernels: bool = True) -> GPT:
+def for_serving(model: nn.Module, precision: str = "fp32", build_kernels: bool = True, amx: bool | None = None
+                ) -> GPT:
     """A converted copy of `model` in eval mode for inference ('fp32', 'bf16', 'fp16', 'int8' or 'int4'); `model`
     is untouched. int8/int4 need a CPU model (servable_precision picks what a device can run), and use our
-    kernels where they load (built first if need be, unless not `build_kernels`), else PyTorch's."""
+    kernels where they load (built first if need be, unless not `build_kernels`), else PyTorch's; `amx`: lay
+    their weights out for AMX tiles (default: where the CPU has them)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     gpt = copy.deepcopy(unwrap(model)).eval()
@@ -260,10 +263,10 @@ def for_serving(model: nn.Module, precision: str = "fp32", build_kernels: bool =
         if gpt.lm_head.weight.device.type != "cpu":
             raise ValueError(f"{precision} serving uses CPU kernels; use bf16 on GPUs")
         ours = Int8Linear.fits(gpt.config.n_embd) and kernels.load(build=build_kernels)
-        layer = Int8Linear if ours else int8_or_bf16
+        layer = functools.partial(Int8Linear, amx=amx) if ours else int8_or_bf16
         # the head as its own copy: the embedding table stays as it was
         if precision == "int4" and ours and Int4Linear.fits(gpt.config.n_embd):
-            head = Int4Linear(gpt.lm_head.weight)
+            head = Int4Linear(gpt.lm_head.weight, amx=amx)
         elif precision == "int4" and int4_available(gpt.config.n_embd):
             head = Int4Head(gpt.lm_head.weight)
         else:

@@ -27,6 +27,7 @@ class KVCache(nn.Module):
         self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
         self.register_buffer("rows_", torch.arange(batch_size, device=device)[:, None], persistent=False)
         self._views: dict[int, KVCache] = {}  # n -> rows(0, n)
+        self._tensors: list[torch.Tensor] | None = None  # tensors(), once asked
 
     @property
     def batch_size(self) -> int:
@@ -76,6 +77,13 @@ class KVCache(nn.Module):
 
     def advance(self, T: int) -> None:
         self.pos += T
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every layer's keys and values, [k0, v0, k1, v1, ...]: for a kernel that takes the whole cache in one
+        call (tinygpt.kernels.one_pass), listed once per cache."""
+        if self._tensors is None:
+            self._tensors = [t for kv in self.layers for t in (kv.k, kv.v)]
+        return self._tensors
 
     def reset(self, pos: int = 0) -> None:
         """Forget what is cached: the next token is written at `pos` (earlier slots are kept as they are)."""

@@ -135,5 +135,6 @@ def _load(source: str, device: torch.device | None, precision: str | None, compi
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
     engine = Engine(served, compile=compile and not later, batch_sizes=batch_sizes(concurrency))
     batcher, directory = Batcher(engine, concurrency, max_queue, compute), Path(info["directory"])
-    warmup = WarmUp(batcher, compute, directory, precision, warm_up) if later else None
+    # a copy on our kernels built earlier may already take the one-pass step: nothing to prepare then
+    warmup = WarmUp(batcher, compute, directory, precision, warm_up) if later and not engine.compiled else None
     return LoadedModel(batcher, info, Tokenizer(), source, directory, precision, model.num_params(), warmup)
