@@ -82,14 +82,18 @@ struct Scratch {
     std::vector<Ranking> ranking;  // (thread, row of x)
 };
 
-const float* ptr_or_null(const Tensor& t) { return t.numel() ? t.const_data_ptr<float>() : nullptr; }
+// The plan (tinygpt.kernels.one_pass.plan): a few sizes, then the addresses of the serving copy's tensors, which
+// one_pass checked and keeps alive. Addresses, not a list of tensors: the stable ABI converts each tensor of a list
+// on every call, about 1 us each, and a step took ~120 of them (a sixth of a token at batch 1).
+enum Plan : int64_t { kLayers, kWidth, kHeads, kContext, kRows, kVocab, kShared, kHeadInt4, kHeadRows, kSizes };
 
-Linear int8_layer(const std::vector<Tensor>& w, size_t i) {
+template <class T>
+const T* at(const int64_t* plan, int64_t i) { return reinterpret_cast<const T*>(plan[kSizes + i]); }
+
+Linear int8_layer(const int64_t* plan, int64_t i, int64_t N, int64_t K) {
     Linear l;
-    l.w = w[i].const_data_ptr<int8_t>();
-    l.scale = w[i + 1].const_data_ptr<float>();
-    l.bias = ptr_or_null(w[i + 2]);
-    l.N = w[i].size(0), l.K = w[i].size(1);
+    l.w = at<int8_t>(plan, i), l.scale = at<float>(plan, i + 1), l.bias = at<float>(plan, i + 2);
+    l.N = N, l.K = K;
     return l;
 }
 
@@ -249,46 +253,32 @@ void merge(const Model& m, Scratch& s, int64_t b, int64_t k, int threads, float*
     lse[b] = max + std::log(sum);
 }
 
-// The serving copy's tensors, in the order tinygpt.kernels.one_pass packs them, as a Model over B rows.
-Model unpack(const std::vector<Tensor>& w, const std::vector<Tensor>& cache, int64_t B, int64_t n_head) {
-    STD_TORCH_CHECK(w.size() >= 9 && (w.size() - 9) % 16 == 0 && cache.size() == 2 * ((w.size() - 9) / 16),
-                    "decode_step: weights and cache do not match (see tinygpt.kernels.one_pass)");
+// The plan's model over B streams; cache: the cache's rows, then each layer's keys' and values' addresses.
+Model unpack(const int64_t* plan, const int64_t* cache, int64_t B) {
     Model m;
-    m.wte = w[0].const_data_ptr<float>(), m.wpe = w[1].const_data_ptr<float>();
-    m.row_of = w[2].numel() ? w[2].const_data_ptr<int32_t>() : nullptr;
-    m.id_of_row = m.row_of ? w[3].const_data_ptr<int64_t>() : nullptr;
-    m.shared_ids = m.row_of ? w[4].const_data_ptr<int64_t>() : nullptr, m.n_shared = w[4].numel();
-    m.B = B, m.C = w[0].size(1), m.H = n_head, m.D = m.C / n_head, m.L = w[1].size(0), m.rows = w[0].size(0);
-    const int64_t layers = (w.size() - 9) / 16;
-    for (int64_t i = 0; i < layers; i++) {
-        const size_t o = 5 + 16 * i;
+    m.B = B, m.C = plan[kWidth], m.H = plan[kHeads], m.D = m.C / m.H, m.L = plan[kContext], m.rows = plan[kRows];
+    m.wte = at<float>(plan, 0), m.wpe = at<float>(plan, 1), m.row_of = at<int32_t>(plan, 2);
+    m.id_of_row = at<int64_t>(plan, 3), m.shared_ids = at<int64_t>(plan, 4), m.n_shared = plan[kShared];
+    const int64_t C = m.C;
+    for (int64_t i = 0; i < plan[kLayers]; i++) {
+        const int64_t o = 5 + 16 * i;
         Layer l;
-        l.ln_1 = {w[o].const_data_ptr<float>(), ptr_or_null(w[o + 1])};
-        l.attn = int8_layer(w, o + 2), l.proj = int8_layer(w, o + 5);
-        l.ln_2 = {w[o + 8].const_data_ptr<float>(), ptr_or_null(w[o + 9])};
-        l.fc = int8_layer(w, o + 10), l.mlp_proj = int8_layer(w, o + 13);
-        const Tensor& k = cache[2 * i];
-        STD_TORCH_CHECK(k.dim() == 4 && k.size(0) >= B && k.size(1) == n_head && k.size(2) == m.L &&
-                        k.size(3) == m.D && k.is_contiguous() && cache[2 * i + 1].is_contiguous() &&
-                        k.scalar_type() == torch::headeronly::ScalarType::Half &&
-                        cache[2 * i + 1].scalar_type() == torch::headeronly::ScalarType::Half,
-                        "decode_step: each cache tensor must be a contiguous fp16 (B, n_head, block_size, head size)");
-        l.k = static_cast<uint16_t*>(k.mutable_data_ptr()), l.v = static_cast<uint16_t*>(cache[2 * i + 1].mutable_data_ptr());
+        l.ln_1 = {at<float>(plan, o), at<float>(plan, o + 1)};
+        l.attn = int8_layer(plan, o + 2, 3 * C, C), l.proj = int8_layer(plan, o + 5, C, C);
+        l.ln_2 = {at<float>(plan, o + 8), at<float>(plan, o + 9)};
+        l.fc = int8_layer(plan, o + 10, 4 * C, C), l.mlp_proj = int8_layer(plan, o + 13, C, 4 * C);
+        l.k = reinterpret_cast<uint16_t*>(cache[1 + 2 * i]), l.v = reinterpret_cast<uint16_t*>(cache[2 + 2 * i]);
         m.layers.push_back(l);
     }
-    const size_t o = 5 + 16 * layers;
-    m.ln_f = {w[o].const_data_ptr<float>(), ptr_or_null(w[o + 1])};
-    const Tensor& head = w[o + 2];
-    m.head_int4 = head.scalar_type() == torch::headeronly::ScalarType::Byte;
-    m.head.w = static_cast<const int8_t*>(head.const_data_ptr());
-    m.head.N = head.size(0), m.head.K = m.head_int4 ? 2 * head.size(1) : head.size(1);
+    const int64_t o = 5 + 16 * plan[kLayers];
+    m.ln_f = {at<float>(plan, o), at<float>(plan, o + 1)};
+    m.head_int4 = plan[kHeadInt4] != 0;
+    m.head.w = at<int8_t>(plan, o + 2), m.head.N = plan[kHeadRows], m.head.K = C;
     if (m.head_int4) {
-        m.head.scales4 = static_cast<const uint16_t*>(w[o + 3].const_data_ptr());
+        m.head.scales4 = at<uint16_t>(plan, o + 3);
     } else {
-        m.head.scale = w[o + 3].const_data_ptr<float>();
+        m.head.scale = at<float>(plan, o + 3);
     }
-    STD_TORCH_CHECK(m.C % 64 == 0 && m.D % 8 == 0 && m.head.K == m.C && m.head.N >= m.rows,
-                    "decode_step: n_embd must be a multiple of 64, the head size of 8");
     return m;
 }
 
@@ -306,21 +296,26 @@ Scratch& scratch(const Model& m, int threads) {
 }
 
 // One decode step of B streams. idx (B,) token ids; pos (B,) each stream's position, advanced by one (as
-// GPT.hidden advances its cache); weights and cache as tinygpt.kernels.one_pass packs them; settings (B, 5) and
+// GPT.hidden advances its cache); plan and cache: tinygpt.kernels.one_pass's (sizes, addresses); settings (B, 5) and
 // u (B,) as the engine passes them to sampling.pick_top, seen (B, vocab) bool or empty (no penalty anywhere).
 // Returns each stream's packed row (B, 2 + 2 * alternatives) float64 (sampling.describe's), and the k best
 // (values (B, k), ids (B, k): descending, ties to the lower row) and the logsumexp (B,) it sampled from.
-std::tuple<Tensor, Tensor, Tensor, Tensor> decode_step(Tensor idx, Tensor pos, std::vector<Tensor> weights,
-                                                       std::vector<Tensor> cache, int64_t n_head, int64_t k,
+std::tuple<Tensor, Tensor, Tensor, Tensor> decode_step(Tensor idx, Tensor pos, Tensor plan, Tensor cache, int64_t k,
                                                        double offset, Tensor settings, Tensor u, Tensor seen,
                                                        int64_t alternatives) {
     using torch::headeronly::ScalarType;
     STD_TORCH_CHECK(idx.dim() == 1 && pos.dim() == 1 && idx.size(0) == pos.size(0) && idx.is_contiguous() &&
                     pos.is_contiguous() && idx.scalar_type() == ScalarType::Long && pos.scalar_type() == ScalarType::Long,
                     "decode_step: idx and pos must be int64 vectors of one length");
+    STD_TORCH_CHECK(plan.scalar_type() == ScalarType::Long && cache.scalar_type() == ScalarType::Long &&
+                    plan.is_contiguous() && cache.is_contiguous() && plan.numel() > kSizes &&
+                    plan.numel() == kSizes + 9 + 16 * plan.const_data_ptr<int64_t>()[kLayers] &&
+                    cache.numel() == 1 + 2 * plan.const_data_ptr<int64_t>()[kLayers],
+                    "decode_step: plan and cache must be tinygpt.kernels.one_pass's");
     const int64_t B = idx.size(0);
-    const Model m = unpack(weights, cache, B, n_head);
-    const int64_t vocab = m.row_of ? weights[2].numel() : m.rows;
+    STD_TORCH_CHECK(B <= cache.const_data_ptr<int64_t>()[0], "decode_step: more streams than the cache has rows");
+    const Model m = unpack(plan.const_data_ptr<int64_t>(), cache.const_data_ptr<int64_t>(), B);
+    const int64_t vocab = plan.const_data_ptr<int64_t>()[kVocab];
     STD_TORCH_CHECK(settings.dim() == 2 && settings.size(0) == B && settings.size(1) == 5 && settings.is_contiguous() &&
                     settings.scalar_type() == ScalarType::Float && u.numel() == B && u.is_contiguous() &&
                     u.scalar_type() == ScalarType::Float && (seen.numel() == 0 || (seen.dim() == 2 &&
@@ -335,10 +330,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decode_step(Tensor idx, Tensor pos, s
     }
     const int threads = static_cast<int>(std::max<int64_t>(1, torch::stable::get_num_threads()));
     Scratch& s = scratch(m, threads);
-    Tensor values = torch::stable::new_empty(weights[0], {B, k});
-    Tensor top_ids = torch::stable::new_empty(weights[0], {B, k}, ScalarType::Long);
-    Tensor lse = torch::stable::new_empty(weights[0], {B});
-    Tensor packed = torch::stable::new_empty(weights[0], {B, 2 + 2 * alternatives}, ScalarType::Double);
+    Tensor values = torch::stable::new_empty(settings, {B, k});
+    Tensor top_ids = torch::stable::new_empty(settings, {B, k}, ScalarType::Long);
+    Tensor lse = torch::stable::new_empty(settings, {B});
+    Tensor packed = torch::stable::new_empty(settings, {B, 2 + 2 * alternatives}, ScalarType::Double);
     float *vp = values.mutable_data_ptr<float>(), *lp = lse.mutable_data_ptr<float>();
     int64_t* ip = top_ids.mutable_data_ptr<int64_t>();
     const float* sp = settings.const_data_ptr<float>();
@@ -374,8 +369,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decode_step(Tensor idx, Tensor pos, s
 }  // namespace
 
 STABLE_TORCH_LIBRARY_FRAGMENT(tinygpt, m) {
-    m.def("decode_step(Tensor idx, Tensor(a!) pos, Tensor[] weights, Tensor(b!)[] cache, int n_head, int k, "
-          "float offset, Tensor settings, Tensor u, Tensor seen, int alternatives) -> (Tensor, Tensor, Tensor, Tensor)");
+    m.def("decode_step(Tensor idx, Tensor(a!) pos, Tensor plan, Tensor cache, int k, float offset, Tensor settings, "
+          "Tensor u, Tensor seen, int alternatives) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(tinygpt, CPU, m) {
