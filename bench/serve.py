@@ -25,7 +25,8 @@ from bench.visitor import PROMPT, Page, free_port, open_page, start_app, write_s
 
 
 class EngineAlone:
-    """The compiled engine in this process generating one story at a time: the most a single user could see.
+    """The engine in this process (compiled, or the one-pass step) generating one story at a time: the most a single
+    user could see.
     Timed as the page is (tokens over the time from the first to the last)."""
 
     def __init__(self, checkpoint: str, max_new: int) -> None:
@@ -100,7 +101,8 @@ def single_user(url: str, alone: EngineAlone, max_new: int, rounds: int, failure
     the ratio of their medians."""
     pairs = [(alone.rate(i + 1), run_round(url, 1, max_new, 1)) for i in range(rounds)]
     engine = statistics.median(a for a, _ in pairs)
-    print(f"engine alone (compiled, one stream, rounds interleaved with N=1): {engine:.1f} tok/s", flush=True)
+    step = "one pass" if alone.engine.one_pass else "compiled"
+    print(f"engine alone ({step}, one stream, rounds interleaved with N=1): {engine:.1f} tok/s", flush=True)
     rate = report(1, {"results": sum((r["results"] for _, r in pairs), []),
                       "aggregate": statistics.median(r["aggregate"] for _, r in pairs)}, failures)
     if rate:

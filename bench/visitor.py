@@ -33,17 +33,18 @@ def free_port() -> int:
 
 def start_app(checkpoint: str, port: int, env: dict[str, str] | None = None, fast_path: bool = True,
               timeout_s: float = 900.0) -> subprocess.Popen:
-    """app.py serving `checkpoint`, once its compiled decode step has taken over (`fast_path`; the page opens
-    before) or once the page answers. Its log is `proc.log_path`. Exits the bench if the app dies first."""
+    """app.py serving `checkpoint`, once its page answers and (`fast_path`) its fast decode step has taken over
+    (after the page opens, or before it where nothing was left to prepare). Its log is `proc.log_path`. Exits the
+    bench if the app dies first."""
     log = tempfile.NamedTemporaryFile("w+", prefix="tinygpt-bench-app-", suffix=".log")
     args = [] if fast_path else ["--no-compile"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint", checkpoint, "--port", str(port),
                              *args], env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     proc.log, proc.log_path = log, Path(log.name)  # kept open (and so on disk) for the life of the process
-    ready = "fast path:" if fast_path else "TinyGPT playground:"
+    ready = ["TinyGPT playground:"] + (["fast path:"] if fast_path else [])  # either may come first
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:  # a first start builds the kernels and compiles in the background
-        if ready in proc.log_path.read_text():
+        if all(line in proc.log_path.read_text() for line in ready):
             return proc
         if proc.poll() is not None:
             sys.exit(f"the app exited: {proc.log_path.read_text()[-2000:]}")

@@ -142,3 +142,27 @@ def test_a_position_outside_the_context_is_refused_before_anything_runs():
     with pytest.raises(RuntimeError, match="outside the context"):
         step(torch.tensor([[5]]), cache, settings_tensor([SamplingParams()]), torch.zeros(1), None)
     assert cache.pos.item() == WIDE.block_size
+
+
+def test_a_server_on_built_kernels_has_its_fast_path_from_the_start(tmp_path, caplog):
+    """Caught: a server whose copy takes the one-pass step from its first story still starting the warm-up helper
+    (a process compiling nothing) and saying it warms up, or never logging that the fast path runs (bench/visitor.py
+    waits for that line)."""
+    import threading
+
+    from tinygpt import save_checkpoint
+    from tinygpt.serving.loading import load_for_serving
+
+    torch.manual_seed(0)
+    directory = save_checkpoint(GPT(WIDE), tmp_path / "wide")
+    kernels.load()
+    with caplog.at_level(logging.INFO):
+        loaded = load_for_serving(str(directory), precision="int8", compile=True, concurrency=2,
+                                  warm_up=threading.Lock())
+    try:
+        assert loaded.batcher.engine.one_pass or kernels.amx()  # AMX layouts keep the compiled step
+        if not kernels.amx():
+            assert loaded.warmup is None and not loaded.warming
+            assert "fast path: decode step in one pass per token" in caplog.text
+    finally:
+        loaded.batcher.close()

@@ -136,6 +136,11 @@ class Engine:
             self.compile_all()
 
     @property
+    def one_pass(self) -> bool:
+        """Whether each step runs in one pass of our kernels (tinygpt.kernels.one_pass) rather than the modules."""
+        return self._one_pass is not None
+
+    @property
     def compiled(self) -> bool:
         """Whether the step is compiled for every batch size (until then, a batch with no compiled size runs
         eagerly); the one-pass step needs no compiling."""

@@ -21,7 +21,7 @@ from tinygpt.model.gpt import GPT
 from tinygpt.serving.batching import Batcher
 from tinygpt.serving.compute_thread import ComputeThread
 from tinygpt.serving.reload import Reloader
-from tinygpt.serving.warmup import WARMING, WarmUp
+from tinygpt.serving.warmup import WARMING, WarmUp, fast_path
 from tinygpt.sharing.hub import from_pretrained
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,9 @@ def _load(source: str, device: torch.device | None, precision: str | None, compi
     log.info("serving %s (%.1fM parameters) in %s", source, model.num_params() / 1e6, precision)
     engine = Engine(served, compile=compile and not later, batch_sizes=batch_sizes(concurrency))
     batcher, directory = Batcher(engine, concurrency, max_queue, compute), Path(info["directory"])
-    # a copy on our kernels built earlier may already take the one-pass step: nothing to prepare then
-    warmup = WarmUp(batcher, compute, directory, precision, warm_up) if later and not engine.compiled else None
+    warmup = None
+    if later and engine.compiled:  # a copy on kernels built earlier takes the one-pass step: nothing to prepare
+        log.info("fast path: decode step %s from the start", fast_path(engine))
+    elif later:
+        warmup = WarmUp(batcher, compute, directory, precision, warm_up)
     return LoadedModel(batcher, info, Tokenizer(), source, directory, precision, model.num_params(), warmup)

@@ -95,10 +95,17 @@ class WarmUp:
         if sizes and engine.compile_size(sizes[0]) and len(sizes) > 1:
             return True
         self.state = READY if engine.compiled else EAGER
-        done = f"compiled for batch sizes {self.batch_sizes}" if engine.compiled else "stays eager"
-        log.info("fast path: decode step %s, %.1f s after the model was loaded", done, time.perf_counter() - self._t0)
+        log.info("fast path: decode step %s, %.1f s after the model was loaded", fast_path(engine),
+                 time.perf_counter() - self._t0)
         self.compute.detach(self._take_over)
         return False
+
+
+def fast_path(engine: Engine) -> str:
+    """What the engine's decode step is, for the log line that says the fast path has taken over."""
+    if engine.one_pass:
+        return "in one pass per token"
+    return f"compiled for batch sizes {engine.batch_sizes}" if engine.compiled else "stays eager"
 
 
 def run_helper(command: list[str], timeout: float = HELPER_TIMEOUT_S) -> int:
