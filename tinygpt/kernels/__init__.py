@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -42,8 +43,9 @@ import torch
 from tinygpt.device import cpu_flags
 
 log = logging.getLogger(__name__)
-SOURCES = tuple(Path(__file__).with_name(f"{part}.cpp") for part in ("matmul", "amx", "amx_int4", "topk", "attention",
-                                                                   "decode"))
+# the longest to compile first: a build runs them side by side
+SOURCES = tuple(Path(__file__).with_name(f"{part}.cpp") for part in ("decode", "matmul", "amx", "amx_int4", "attention",
+                                                                   "topk"))
 HEADERS = tuple(Path(__file__).with_name(f"{part}.h") for part in ("rows", "amx", "dots", "attend", "rank",
                                                                    "sample"))
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")  # AVX2 CPUs have FMA, F16C
@@ -213,18 +215,31 @@ def build(compiler: str, flags: tuple[str, ...], cache_dir: Path) -> Path:
         return check_private(target)
     fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=cache_dir)
     os.close(fd)
-    cmd = [compiler, *flags, f"-I{torch_dir / 'include'}", *map(str, SOURCES), "-o", partial,
-           f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}"]
     log.info("building tinygpt's CPU kernels into %s (once per machine, about 10 s)", cache_dir)
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+        with tempfile.TemporaryDirectory(prefix=".objects-", dir=cache_dir) as objects:
+            # each source on its own core (a first start waits for this), then one link
+            objs = [str(Path(objects) / f"{source.stem}.o") for source in SOURCES]
+            _run_all([[compiler, *flags, f"-I{torch_dir / 'include'}", "-c", str(source), "-o", obj]
+                      for source, obj in zip(SOURCES, objs)], compiler)
+            _run_all([[compiler, *flags, *objs, "-o", partial, f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10",
+                       f"-Wl,-rpath,{torch_dir / 'lib'}"]], compiler)
         os.replace(partial, target)
-    except subprocess.CalledProcessError as e:
-        errors = [line for line in e.stderr.splitlines() if "error" in line] or e.stderr.splitlines()[-1:]
-        raise subprocess.SubprocessError(f"{compiler} failed: {errors[0][:300] if errors else e.returncode}") from e
     finally:
         Path(partial).unlink(missing_ok=True)
     return target
+
+
+def _run_all(commands: list[list[str]], compiler: str) -> None:
+    """Run the compiler commands side by side, as many at once as this process may use cores (the first given
+    first: the longest); raises subprocess.SubprocessError naming the first error."""
+    width = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with ThreadPoolExecutor(max(1, min(width, len(commands)))) as pool:
+        done = list(pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=300), commands))
+    for result in done:
+        if result.returncode:
+            errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()[-1:]
+            raise subprocess.SubprocessError(f"{compiler} failed: {errors[0][:300] if errors else result.returncode}")
 
 
 def private_dir(path: Path) -> Path:
