@@ -4,11 +4,12 @@
 
 One set of weights (the checkpoint, else random reference-size weights); prompt of 8 tokens, 120 new
 tokens, top-k 50, the playground's 5 alternatives per token. Tokens/s, best of --reps rounds, the modes
-interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / int4, eager and with the
-compiled decode step; transformers `generate` fp32 and bf16 on the exported weights. Then, for each reduced
-precision, teacher-forced top-1 agreement with fp32 over 20 stories and (with --val-bin) the change in
-validation loss, through the KV cache as serving runs. The last two lines: `default_tok_s: X` (what the
-playground serves by default on a CPU: int4, compiled) and `ratio_vs_transformers_bf16: Y`.
+interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / int4, the modules' decode step
+eager and compiled, and the one-pass step where the copy takes it; transformers `generate` fp32 and bf16 on the
+exported weights. Then, for each reduced precision, teacher-forced top-1 agreement with fp32 over 20 stories,
+through the prompt's path and through each decode step, and (with --val-bin) the change in validation loss,
+through the KV cache as serving runs. The last two lines: `default_tok_s: X` (what the playground serves by
+default on a CPU: int4, one pass where it runs, else compiled) and `ratio_vs_transformers_bf16: Y`.
 """
 import argparse
 import sys
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygpt import GPT, GPTConfig, Tokenizer, load_checkpoint  # noqa: E402
 from tinygpt.inference.engine import Engine  # noqa: E402
-from tinygpt.inference.sampling import SamplingParams, choose_token  # noqa: E402
+from tinygpt.inference.sampling import SamplingParams, choose_token, settings_tensor  # noqa: E402
 from tinygpt.kernels.quantize import cache_dtype, default_precision, for_serving  # noqa: E402
 from tinygpt.sharing.export import export_transformers  # noqa: E402
 
@@ -109,12 +110,29 @@ def val_loss(model, val_bin, block, n=64) -> float:
     return -float(torch.stack(losses).mean())
 
 
-def report_quality(served: dict, tok: Tokenizer, val_bin: str | None, block: int) -> None:
-    """Each reduced precision's top-1 agreement with fp32 and, given a val.bin, its validation-loss change."""
+def decode_agreement(ref, engine: Engine, seqs) -> float:
+    """Top-1 agreement with fp32 of the token the engine's decode step ranks first, one token at a time through
+    its cache, each story's own next token forced in after each step (as a story is written, teacher-forced)."""
+    same = total = 0
+    for s in seqs:
+        want, cache = cached_logits(ref, torch.tensor([s])).argmax(-1)[0], engine.new_cache(engine.padded_size(1))
+        stream = engine.new_stream(s[:1], SamplingParams(temperature=0, max_new_tokens=len(s), stop_at_eot=False))
+        for t in range(len(s) - 1):
+            same += engine.advance(cache, [stream])[0].id == int(want[t])
+            stream.context[-1] = s[t + 1]  # the story's token, not the one chosen, goes in next
+        total += len(s) - 1
+    return same / total
+
+
+def report_quality(served: dict, steps: dict, tok: Tokenizer, val_bin: str | None, block: int) -> None:
+    """Each reduced precision's top-1 agreement with fp32 (the prompt's path, then each of its decode steps in
+    `steps`: {precision: {kind: engine}}) and, given a val.bin, its validation-loss change."""
     seqs, ref = stories(tok, val_bin, block=block), served["fp32"]
     base = val_loss(ref, val_bin, block) if val_bin else None
     for name in ("bf16", "int8", "int4"):
         line = f"{name}: top-1 agreement with fp32 {agreement(ref, served[name], seqs):.2%}"
+        line += " (decode steps: " + ", ".join(f"{kind} {decode_agreement(ref, engine, seqs):.2%}"
+                                               for kind, engine in steps[name].items()) + ")"
         if base is not None:
             line += f", val loss change {val_loss(served[name], val_bin, block) - base:+.4f}"
         print(line + (f" (fp32 val loss {base:.4f})" if base is not None else ""))
@@ -135,12 +153,16 @@ def main() -> None:
     print(f"weights: {args.checkpoint or 'random'} ({model.num_params() / 1e6:.1f}M), threads: "
           f"{torch.get_num_threads()}, prompt 8 tokens, {NEW} new, top-k {TOP_K}, 5 alternatives", flush=True)
     served = {p: for_serving(model, p) for p in ("fp32", "bf16", "int8", "int4")}
-    runs = {"no cache fp32": no_cache(model, prompt)}
+    runs, steps = {"no cache fp32": no_cache(model, prompt)}, {}
     for name, m in served.items():
-        runs[f"ours {name}"] = ours(Engine(m), prompt)
+        runs[f"ours {name}"] = ours(Engine(m, one_pass=False), prompt)
     for name, m in served.items():
-        engine = Engine(m, compile=True)
+        engine = Engine(m, compile=True, one_pass=False)
+        steps[name] = {"the modules' compiled" if engine.compiled else "the modules' eager": engine}
         runs[f"ours {name} compiled"] = ours(engine, prompt) if engine.compiled else runs[f"ours {name}"]
+        if (one_pass := Engine(m)).one_pass_step is not None:
+            steps[name]["one pass"] = one_pass
+            runs[f"ours {name} one pass"] = ours(one_pass, prompt)
     if model.config.kept_tokens:  # transformers' GPT-2 has a row per token id: no export, no comparison
         print("transformers: not run (a kept-token model cannot be exported to transformers)")
     else:
@@ -156,10 +178,11 @@ def main() -> None:
             rates[name] = max(rates[name], rate(fn))
     for name, r in rates.items():
         print(f"{name:>26}: {r:7.1f} tokens/s", flush=True)
-    report_quality(served, tok, args.val_bin, model.config.block_size)
+    report_quality(served, steps, tok, args.val_bin, model.config.block_size)
     precision = default_precision(torch.device("cpu"), model.config)
-    default = rates[f"ours {precision} compiled"]
-    print(f"default CPU mode: {precision}, compiled decode step")
+    step = "one pass" if f"ours {precision} one pass" in rates else "compiled"
+    default = rates[f"ours {precision} {step}"]
+    print(f"default CPU mode: {precision}, the decode step {step}")
     print(f"default_tok_s: {default:.1f}")
     if "transformers bf16" in rates:
         print(f"ratio_vs_transformers_bf16: {default / rates['transformers bf16']:.2f}")

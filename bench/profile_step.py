@@ -79,7 +79,7 @@ def one_pass_parts(served: GPT, batch: int, n: int) -> str:
     c = served.config
     caches = (engine.new_cache(batch), KVCache(0, batch, c.n_head, c.block_size, c.n_embd // c.n_head,
                                                dtype=engine.cache_dtype))
-    call, rest = (min(step_call(Engine(m)._one_pass, cache, batch, n) for _ in range(3))
+    call, rest = (min(step_call(Engine(m).one_pass_step, cache, batch, n) for _ in range(3))
                   for m, cache in zip((served, headless), caches))
     return (f"  one-pass step: {whole * 1e3:.3f} ms, {batch / whole:,.0f} tokens/s; the call alone {call * 1e3:.3f} ms "
             f"(the blocks {(call - rest) * 1e3:.3f}, embedding + head + ranking + sampling {rest * 1e3:.3f}), the "

@@ -101,7 +101,7 @@ def single_user(url: str, alone: EngineAlone, max_new: int, rounds: int, failure
     the ratio of their medians."""
     pairs = [(alone.rate(i + 1), run_round(url, 1, max_new, 1)) for i in range(rounds)]
     engine = statistics.median(a for a, _ in pairs)
-    step = "one pass" if alone.engine.one_pass else "compiled"
+    step = "one pass" if alone.engine.one_pass_step else "compiled"
     print(f"engine alone ({step}, one stream, rounds interleaved with N=1): {engine:.1f} tok/s", flush=True)
     rate = report(1, {"results": sum((r["results"] for _, r in pairs), []),
                       "aggregate": statistics.median(r["aggregate"] for _, r in pairs)}, failures)

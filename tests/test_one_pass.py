@@ -124,9 +124,9 @@ def test_only_copies_it_computes_get_it(tiny_model):
     out for AMX tiles)."""
     torch.manual_seed(0)
     tiles = for_serving(GPT(WIDE).eval(), "int4", amx=True)  # only packed: no tile instruction runs here
-    assert "AMX" in one_pass.unavailable(tiles) and Engine(tiles)._one_pass is None
+    assert "AMX" in one_pass.unavailable(tiles) and Engine(tiles).one_pass_step is None
     assert "not an int8 or int4 serving copy" in one_pass.unavailable(tiny_model)
-    assert Engine(tiny_model)._one_pass is None
+    assert Engine(tiny_model).one_pass_step is None
     narrow = for_serving(tiny_model, "int8")  # n_embd 32
     assert one_pass.unavailable(narrow) is not None
     with pytest.raises(ValueError, match="cannot run this model"):
@@ -160,7 +160,7 @@ def test_a_server_on_built_kernels_has_its_fast_path_from_the_start(tmp_path, ca
         loaded = load_for_serving(str(directory), precision="int8", compile=True, concurrency=2,
                                   warm_up=threading.Lock())
     try:
-        assert loaded.batcher.engine.one_pass or kernels.amx()  # AMX layouts keep the compiled step
+        assert loaded.batcher.engine.one_pass_step or kernels.amx()  # AMX layouts keep the compiled step
         if not kernels.amx():
             assert loaded.warmup is None and not loaded.warming
             assert "fast path: decode step in one pass per token" in caplog.text

@@ -27,8 +27,8 @@ import torch
 
 from tinygpt import kernels
 from tinygpt.data.tokenizer import EOT_ID
-from tinygpt.inference.sampling import (ALT_MAX, TOP_K_MAX, SamplingParams, choose_token, pick_top, resolve_seed,
-                                        settings_tensor, unpack_row)
+from tinygpt.inference.sampling import (ALT_MAX, TOP_K_MAX, SamplingParams, candidates_needed, choose_token,
+                                        pick_top, resolve_seed, settings_tensor, unpack_row)
 from tinygpt.inference.vocab import VocabTopK
 from tinygpt.kernels import one_pass
 from tinygpt.kernels.quantize import cache_dtype
@@ -136,9 +136,9 @@ class Engine:
             self.compile_all()
 
     @property
-    def one_pass(self) -> bool:
-        """Whether each step runs in one pass of our kernels (tinygpt.kernels.one_pass) rather than the modules."""
-        return self._one_pass is not None
+    def one_pass_step(self) -> one_pass.OnePassStep | None:
+        """The one-pass step each decode step runs (tinygpt.kernels.one_pass), or None: the modules' step."""
+        return self._one_pass
 
     @property
     def compiled(self) -> bool:
@@ -236,7 +236,9 @@ class Engine:
         idx = torch.tensor([s.context[-1] for s in streams] + [self.eot_id] * (B - n), device=self.device)[:, None]
         u = torch.tensor([s.uniform() for s in streams] + [0.0] * (B - n), device=self.device)
         params, seen = [s.params for s in streams] + [PADDING] * (B - n), self._seen(streams, B)
-        if all(p.greedy or p.top_k for p in params):  # the common case: decode and sample in one call
+        if all(p.greedy or p.top_k for p in params) and self._one_pass:  # the common case on x86: one call
+            out = self._one_pass(idx, view, settings_tensor(params), u, seen, candidates_needed(params))
+        elif all(p.greedy or p.top_k for p in params):  # the common case elsewhere: decode and sample in one call
             out = self._pick.get(B, self._eager_pick)(idx, view, settings_tensor(params, self.device), u, seen)
         else:  # sampling over the whole vocabulary (top_k 0)
             logits, lse = self._logits(idx, view)

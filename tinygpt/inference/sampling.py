@@ -161,6 +161,16 @@ def pick_top(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, setting
     return describe(values.gather(1, order), ids.gather(1, order), j, lse, values, ids)
 
 
+def candidates_needed(params: list[SamplingParams]) -> int:
+    """How many of the TOP_K_MAX best logits pick_top needs to give these streams what it gives them with all of
+    them: the largest top_k (greedy: the first) and the ALT_MAX alternatives reported; all TOP_K_MAX when a
+    repetition penalty may re-rank them. (Candidates past a stream's top_k get no probability, so its CDF and its
+    draw are the same.) The one-pass step ranks only these."""
+    if any(p.repetition_penalty != 1.0 for p in params):
+        return TOP_K_MAX
+    return max([ALT_MAX, *(1 if p.greedy else p.top_k for p in params)])
+
+
 def choose_token(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor, lse: torch.Tensor | None = None,
                  seen: torch.Tensor | None = None) -> torch.Tensor:
     """Next tokens from last-position logits (B, vocab), all with the same `params`, drawn with uniforms u (B,),

@@ -115,16 +115,16 @@ void layer_norm(const float* x, const Norm& n, int64_t C, float* out) {
     }
 }
 
-// GPT-2's GELU (tanh approximation), 4 at a time: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with
-// tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|) <= 1 (exp8 is for arguments <= 0).
+// GPT-2's GELU (tanh approximation), 4 at a time: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), as
+// x sigmoid(2u) = x / (1 + e^-2u), with e = e^-2|u| <= 1 (exp8 is for arguments <= 0): x / (1 + e) for u >= 0, x e /
+// (1 + e) below. No 1 - e: where u is small that difference would lose most of its digits.
 __m128 gelu4(__m128 x) {
     const __m128 u = _mm_mul_ps(_mm_set1_ps(0.7978845608f),
                                 _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(0.044715f), x), _mm_mul_ps(x, x), x));
-    const __m128 sign = _mm_and_ps(u, _mm_set1_ps(-0.0f));
     const __m128 e = _mm256_castps256_ps128(
         exp8(_mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(-2.0f), _mm_andnot_ps(_mm_set1_ps(-0.0f), u)))));
-    const __m128 t = _mm_or_ps(sign, _mm_div_ps(_mm_sub_ps(_mm_set1_ps(1.0f), e), _mm_add_ps(_mm_set1_ps(1.0f), e)));
-    return _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(0.5f), x), _mm_add_ps(_mm_set1_ps(1.0f), t));
+    const __m128 numerator = _mm_blendv_ps(x, _mm_mul_ps(x, e), u);  // the sign bit of u picks
+    return _mm_div_ps(numerator, _mm_add_ps(_mm_set1_ps(1.0f), e));
 }
 
 // This thread's share [begin, end) of n items when `threads` split them in contiguous runs.

@@ -131,8 +131,9 @@ class OnePassStep:
         return self._caches[cache]
 
     def __call__(self, idx: torch.Tensor, cache: KVCache, settings: torch.Tensor, u: torch.Tensor,
-                 seen: torch.Tensor | None) -> torch.Tensor:
+                 seen: torch.Tensor | None, k: int | None = None) -> torch.Tensor:
+        """`k`: rank only the k best (sampling.candidates_needed says how many its settings need); default all."""
         packed, *self.ranked = torch.ops.tinygpt.decode_step(
-            idx.view(-1), cache.pos, self.plan, self.cache_plan(cache), self.k, self.offset, settings, u,
+            idx.view(-1), cache.pos, self.plan, self.cache_plan(cache), k or self.k, self.offset, settings, u,
             self._none if seen is None else seen, self.alternatives)
         return packed

@@ -103,7 +103,7 @@ class WarmUp:
 
 def fast_path(engine: Engine) -> str:
     """What the engine's decode step is, for the log line that says the fast path has taken over."""
-    if engine.one_pass:
+    if engine.one_pass_step is not None:
         return "in one pass per token"
     return f"compiled for batch sizes {engine.batch_sizes}" if engine.compiled else "stays eager"
 
