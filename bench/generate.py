@@ -1,12 +1,12 @@
 """Single-stream generation speed on the CPU, ours against transformers' GPT-2 on the same weights.
 
-    python bench/generate.py [--checkpoint out/best] [--val-bin data/tinystories/val.bin]
+    python bench/generate.py [--checkpoint out/best] [--val-bin data/tinystories/val.bin] [--no-compile]
 
 One set of weights (the checkpoint, else random reference-size weights); prompt of 8 tokens, 120 new
 tokens, top-k 50, the playground's 5 alternatives per token. Tokens/s, best of --reps rounds, the modes
 interleaved within each round: no KV cache; our engine in fp32 / bf16 / int8 / int4, the modules' decode step
 eager and compiled, and the one-pass step where the copy takes it; transformers `generate` fp32 and bf16 on the
-exported weights. Then, for each reduced precision, teacher-forced top-1 agreement with fp32 over 20 stories,
+exported weights. Then, for each reduced precision, teacher-forced top-1 agreement with fp32 over --stories (20),
 through the prompt's path and through each decode step, and (with --val-bin) the change in validation loss,
 through the KV cache as serving runs. The last two lines: `default_tok_s: X` (what the playground serves by
 default on a CPU: int4, one pass where it runs, else compiled) and `ratio_vs_transformers_bf16: Y`.
@@ -124,10 +124,10 @@ def decode_agreement(ref, engine: Engine, seqs) -> float:
     return same / total
 
 
-def report_quality(served: dict, steps: dict, tok: Tokenizer, val_bin: str | None, block: int) -> None:
-    """Each reduced precision's top-1 agreement with fp32 (the prompt's path, then each of its decode steps in
-    `steps`: {precision: {kind: engine}}) and, given a val.bin, its validation-loss change."""
-    seqs, ref = stories(tok, val_bin, block=block), served["fp32"]
+def report_quality(served: dict, steps: dict, tok: Tokenizer, val_bin: str | None, block: int, n: int) -> None:
+    """Each reduced precision's top-1 agreement with fp32 over n stories (the prompt's path, then each of its
+    decode steps in `steps`: {precision: {kind: engine}}) and, given a val.bin, its validation-loss change."""
+    seqs, ref = stories(tok, val_bin, n, block), served["fp32"]
     base = val_loss(ref, val_bin, block) if val_bin else None
     for name in ("bf16", "int8", "int4"):
         line = f"{name}: top-1 agreement with fp32 {agreement(ref, served[name], seqs):.2%}"
@@ -143,6 +143,8 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a TinyGPT checkpoint directory (default: random reference weights)")
     p.add_argument("--val-bin", help="a val.bin memmap for agreement stories and the validation-loss change")
     p.add_argument("--reps", type=int, default=5, help="rounds; each mode's best round is reported")
+    p.add_argument("--stories", type=int, default=20, help="stories for the top-1 agreement figures")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="no compiled rows (quick runs)")
     args = p.parse_args()
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0] if args.checkpoint else GPT(GPTConfig()).eval()
@@ -157,9 +159,10 @@ def main() -> None:
     for name, m in served.items():
         runs[f"ours {name}"] = ours(Engine(m, one_pass=False), prompt)
     for name, m in served.items():
-        engine = Engine(m, compile=True, one_pass=False)
+        engine = Engine(m, compile=args.compile, one_pass=False)
         steps[name] = {"the modules' compiled" if engine.compiled else "the modules' eager": engine}
-        runs[f"ours {name} compiled"] = ours(engine, prompt) if engine.compiled else runs[f"ours {name}"]
+        if engine.compiled:
+            runs[f"ours {name} compiled"] = ours(engine, prompt)
         if (one_pass := Engine(m)).one_pass_step is not None:
             steps[name]["one pass"] = one_pass
             runs[f"ours {name} one pass"] = ours(one_pass, prompt)
@@ -178,11 +181,11 @@ def main() -> None:
             rates[name] = max(rates[name], rate(fn))
     for name, r in rates.items():
         print(f"{name:>26}: {r:7.1f} tokens/s", flush=True)
-    report_quality(served, steps, tok, args.val_bin, model.config.block_size)
+    report_quality(served, steps, tok, args.val_bin, model.config.block_size, args.stories)
     precision = default_precision(torch.device("cpu"), model.config)
-    step = "one pass" if f"ours {precision} one pass" in rates else "compiled"
-    default = rates[f"ours {precision} {step}"]
-    print(f"default CPU mode: {precision}, the decode step {step}")
+    step = next(s for s in ("one pass", "compiled", "") if f"ours {precision} {s}".strip() in rates)
+    default = rates[f"ours {precision} {step}".strip()]
+    print(f"default CPU mode: {precision}, the decode step {step or 'eager'}")
     print(f"default_tok_s: {default:.1f}")
     if "transformers bf16" in rates:
         print(f"ratio_vs_transformers_bf16: {default / rates['transformers bf16']:.2f}")

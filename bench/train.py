@@ -1,6 +1,7 @@
 """Training throughput of the reference 30M model on this machine: fp32, bf16 autocast, and --compile.
 
     python bench/train.py [--data-dir data/tinystories] [--steps 10] [--batch-size 8] [--device auto]
+                          [--model-shape L,H,C]
 
 Uses the real Trainer (same step as train.py) on prepared memmaps when given, else on random tokens.
 Prints tokens/s for each mode and the ratios to fp32, all measured in this one run.
@@ -39,7 +40,8 @@ def measure(data: str, out: str, dtype: str, compile: bool, args) -> float:
 
     cfg = TrainConfig(data_dir=data, out_dir=out, batch_size=args.batch_size, tokens_per_step=args.batch_size * 128,
                       eval_iters=1, device=args.device, dtype=dtype, compile=compile, warmup_iters=1)
-    trainer = Trainer(GPTConfig(), cfg)
+    shape = args.model_shape and dict(zip(("n_layer", "n_head", "n_embd"), map(int, args.model_shape.split(","))))
+    trainer = Trainer(GPTConfig(**(shape or {})), cfg)
     for _ in range(args.warmup):  # compile and allocator warm-up
         trainer.train_step()
         trainer.step += 1
@@ -62,6 +64,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes")
+    p.add_argument("--model-shape", default="", metavar="L,H,C",
+                   help="the model's layers, heads and width (default: the reference 6,6,384)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = {}

@@ -73,7 +73,8 @@ def logits_rows(model: GPT, logits: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-SETTINGS = [SamplingParams(temperature=0), SamplingParams(), SamplingParams(temperature=1.3, top_k=0, top_p=1.0, min_p=0),
+SETTINGS = [SamplingParams(temperature=0), SamplingParams(),
+            SamplingParams(temperature=1.3, top_k=0, top_p=1.0, min_p=0),
             SamplingParams(temperature=0.7, top_k=5, top_p=0.5, min_p=0.2),
             SamplingParams(temperature=1.0, top_k=200, top_p=0.9, min_p=0.0, repetition_penalty=1.8),
             SamplingParams(temperature=0, repetition_penalty=2.0)]

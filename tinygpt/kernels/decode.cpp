@@ -151,7 +151,8 @@ void int8_share(const Linear& l, int64_t B, const Scratch& s, int t, int threads
     for (int64_t blk = begin; blk < end; blk++) {
         const int64_t n0 = 4 * blk;
         const __m128 ws = _mm_loadu_ps(l.scale + n0), b = l.bias ? _mm_loadu_ps(l.bias + n0) : _mm_setzero_ps();
-        int8_block(s.q.data(), s.scale.data(), B, l.K, l.w + n0 * l.K, ws, b, [&](int64_t m, __m128 v) { f(m, n0, v); });
+        int8_block(s.q.data(), s.scale.data(), B, l.K, l.w + n0 * l.K, ws, b,
+                   [&](int64_t m, __m128 v) { f(m, n0, v); });
     }
 }
 
@@ -170,7 +171,8 @@ void attention(const Model& m, const Layer& layer, const int64_t* pos, Scratch& 
             _mm_storeu_si128(reinterpret_cast<__m128i*>(layer.v + base + slot * D + d),
                              _mm256_cvtps_ph(_mm256_loadu_ps(qkv + 2 * C + head * D + d), kRound));
         }
-        attend(qkv + head * D, layer.k + base, layer.v + base, slot + 1, D, scores.data(), s.y.data() + b * C + head * D);
+        attend(qkv + head * D, layer.k + base, layer.v + base, slot + 1, D, scores.data(),
+               s.y.data() + b * C + head * D);
     }
 }
 
@@ -182,7 +184,8 @@ void block(const Model& m, const Layer& layer, const int64_t* pos, Scratch& s, s
     for (int64_t b = t; b < B; b += threads) layer_norm(s.x.data() + b * C, layer.ln_1, C, s.y.data() + b * C);
     quantize_rows(s.y.data(), B, C, false, s, t, threads);
 #pragma omp barrier
-    int8_share(layer.attn, B, s, t, threads, [&](int64_t b, int64_t n0, __m128 v) { _mm_storeu_ps(&s.h[b * 3 * C + n0], v); });
+    int8_share(layer.attn, B, s, t, threads,
+               [&](int64_t b, int64_t n0, __m128 v) { _mm_storeu_ps(&s.h[b * 3 * C + n0], v); });
 #pragma omp barrier
     attention(m, layer, pos, s, scores, t, threads);
 #pragma omp barrier
@@ -193,7 +196,8 @@ void block(const Model& m, const Layer& layer, const int64_t* pos, Scratch& s, s
     for (int64_t b = t; b < B; b += threads) layer_norm(s.x.data() + b * C, layer.ln_2, C, s.y.data() + b * C);
     quantize_rows(s.y.data(), B, C, false, s, t, threads);
 #pragma omp barrier
-    int8_share(layer.fc, B, s, t, threads, [&](int64_t b, int64_t n0, __m128 v) { _mm_storeu_ps(&s.h[b * 4 * C + n0], gelu4(v)); });
+    int8_share(layer.fc, B, s, t, threads,
+               [&](int64_t b, int64_t n0, __m128 v) { _mm_storeu_ps(&s.h[b * 4 * C + n0], gelu4(v)); });
 #pragma omp barrier
     quantize_rows(s.h.data(), B, 4 * C, false, s, t, threads);
 #pragma omp barrier
@@ -218,7 +222,8 @@ void head_share(const Model& m, Scratch& s, int64_t k, float offset, int t, int 
                 int4_block(s.q.data(), s.group_sum.data(), s.scale.data(), B, l.K,
                            reinterpret_cast<const uint8_t*>(l.w) + n0 * l.K / 2, l.scales4 + n0 * G * 2, store);
             } else {
-                const __m128 ws = _mm_loadu_ps(l.scale + n0), bias = l.bias ? _mm_loadu_ps(l.bias + n0) : _mm_setzero_ps();
+                const __m128 ws = _mm_loadu_ps(l.scale + n0);
+                const __m128 bias = l.bias ? _mm_loadu_ps(l.bias + n0) : _mm_setzero_ps();
                 int8_block(s.q.data(), s.scale.data(), B, l.K, l.w + n0 * l.K, ws, bias, store);
             }
         }
@@ -305,7 +310,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decode_step(Tensor idx, Tensor pos, T
                                                        int64_t alternatives) {
     using torch::headeronly::ScalarType;
     STD_TORCH_CHECK(idx.dim() == 1 && pos.dim() == 1 && idx.size(0) == pos.size(0) && idx.is_contiguous() &&
-                    pos.is_contiguous() && idx.scalar_type() == ScalarType::Long && pos.scalar_type() == ScalarType::Long,
+                    pos.is_contiguous() && idx.scalar_type() == ScalarType::Long &&
+                    pos.scalar_type() == ScalarType::Long,
                     "decode_step: idx and pos must be int64 vectors of one length");
     STD_TORCH_CHECK(plan.scalar_type() == ScalarType::Long && cache.scalar_type() == ScalarType::Long &&
                     plan.is_contiguous() && cache.is_contiguous() && plan.numel() > kSizes &&
@@ -321,7 +327,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> decode_step(Tensor idx, Tensor pos, T
                     u.scalar_type() == ScalarType::Float && (seen.numel() == 0 || (seen.dim() == 2 &&
                     seen.size(0) == B && seen.size(1) == vocab && seen.is_contiguous() &&
                     seen.scalar_type() == ScalarType::Bool)) && 0 < k && k <= vocab && 0 <= alternatives &&
-                    alternatives <= k, "decode_step: settings (B, 5) float32, u (B,) float32, seen (B, vocab) bool or empty, 0 < k <= vocab, alternatives <= k");
+                    alternatives <= k,
+                    "decode_step: settings (B, 5) float32, u (B,) float32, seen (B, vocab) bool or empty, "
+                    "0 < k <= vocab, alternatives <= k");
     const int64_t* ids = idx.const_data_ptr<int64_t>();
     int64_t* positions = pos.mutable_data_ptr<int64_t>();
     for (int64_t b = 0; b < B; b++) {

@@ -4,10 +4,10 @@ checked here once.
 
 A decode step through `GPT.forward` is ~40 operations, each a call of its own with a fork and a join of the
 threads; this runs the same step (embedding, blocks, final LayerNorm, head, ranking, sampling) in one call and
-one parallel region, and returns each stream's sampled token as sampling.pick_top describes it. It runs copies made by `quantize.for_serving` in int8 or
-int4 with our kernels on a CPU without AMX tiles (their layout is another: such CPUs, and every other copy, keep
-the compiled step). tinygpt.inference.engine chooses it and logs which step runs; tests/test_one_pass.py checks it
-against GPT.forward.
+one parallel region, and returns each stream's sampled token as sampling.pick_top describes it. It runs copies
+made by `quantize.for_serving` in int8 or int4 with our kernels on a CPU without AMX tiles (their layout is
+another: such CPUs, and every other copy, keep the compiled step). tinygpt.inference.engine chooses it and logs
+which step runs; tests/test_one_pass.py checks it against GPT.forward and sampling.pick_top.
 """
 from __future__ import annotations
 

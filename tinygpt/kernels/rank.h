@@ -52,8 +52,8 @@ void rank_chunk(float* y, int64_t first, int64_t n, int64_t k, int64_t rows, flo
     if (offset != 0.0f && first + n == rows) y[n - 1] -= offset;
     const __m256 t8 = _mm256_set1_ps(r.threshold);
     for (i = 0; i + 8 <= n; i += 8) {  // after the first chunks, most blocks of 8 hold none
-        for (int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + i), t8, _CMP_GE_OQ)); mask; mask &= mask - 1)
-            r.kept.emplace_back(y[i + __builtin_ctz(mask)], first + i + __builtin_ctz(mask));
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + i), t8, _CMP_GE_OQ));
+        for (; mask; mask &= mask - 1) r.kept.emplace_back(y[i + __builtin_ctz(mask)], first + i + __builtin_ctz(mask));
     }
     for (; i < n; i++)
         if (y[i] >= r.threshold) r.kept.emplace_back(y[i], first + i);
