@@ -127,7 +127,7 @@ class Engine:
         self._topk = VocabTopK(model, min(TOP_K_MAX, model.config.vocab_size), rank)
         self._one_pass = _one_pass_step(model, self._topk) if one_pass else None
         self._logits = _eager_decode(model)
-        self._eager_pick = self._one_pass or decode_and_sample(model, self._topk)
+        self._eager_pick = decode_and_sample(model, self._topk)  # the modules' step, until one is compiled
         self._no_seen: torch.Tensor | None = None
         self._step: Callable[..., torch.Tensor] | None = None  # the decode step under torch.compile, once asked
         self._pick: dict[int, Callable[..., torch.Tensor]] = {}  # batch size -> its compiled step
@@ -157,7 +157,7 @@ class Engine:
         t0 = time.perf_counter()
         while (sizes := self.uncompiled_sizes()) and self.compile_size(sizes[0]):
             pass
-        if self.compiled:
+        if self.compiled and self._one_pass is None:
             log.info("decode step compiled for batch sizes %s in %.1f s", self.batch_sizes, time.perf_counter() - t0)
         return self.compiled
 
