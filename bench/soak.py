@@ -4,10 +4,10 @@
     python bench/soak.py --users 64 --duration 2m
     python bench/soak.py --new-visitors --duration 5m          # a new page (a new Gradio session) per story
 
-Starts `app.py` on a free loopback port and waits for its fast path (the compiled decode step; `--no-compile`
-for the eager one), then N visitors press Generate back to back for the duration, each through Gradio's queue
-with the page's defaults (200 new tokens: long enough that most stories slide past a 128-token window) and a new
-seed each time, then the step the page runs after a story. With `--new-visitors` each story comes from a new
+Starts `app.py` on a free loopback port and waits for its fast path (the one-pass or the compiled step;
+`--no-compile`: no torch.compile), then N visitors press Generate back to back for the duration, each through
+Gradio's queue with the page's defaults (200 new tokens: long enough that most stories slide past a 128-token
+window) and a new seed each time, then the step the page runs after a story. With `--new-visitors` each story comes from a new
 page load, as a stream of new visitors (each leaves a session behind on the server; see `--max-sessions` in
 app.py). Prints, every 30 s and at the end: stories written and failed, tokens/s, and the server's resident
 memory. Exits 1 if the server died or any story failed.
@@ -94,7 +94,8 @@ def main() -> int:
             page = Page(f"http://127.0.0.1:{port}/")
             print(f"{args.users} visitors, {args.max_new_tokens} new tokens a story, "
                   f"{'a new page each story' if args.new_visitors else 'one page each'}, for {args.duration}; "
-                  f"{'compiled' if args.compile else 'eager'}; server RSS at start {rss_mb(proc.pid):.1f} MB",
+                  f"{'the fast path' if args.compile else '--no-compile'}; "
+                  f"server RSS at start {rss_mb(proc.pid):.1f} MB",
                   flush=True)
             tally = asyncio.run(soak(page, proc.pid, args.users, seconds, args.max_new_tokens, args.every,
                                      args.new_visitors))
