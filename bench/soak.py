@@ -8,9 +8,9 @@ Starts `app.py` on a free loopback port and waits for its fast path (the one-pas
 `--no-compile`: no torch.compile), then N visitors press Generate back to back for the duration, each through
 Gradio's queue with the page's defaults (200 new tokens: long enough that most stories slide past a 128-token
 window) and a new seed each time, then the step the page runs after a story. With `--new-visitors` each story
-comes from a new page load, as a stream of new visitors (each leaves a session behind on the server; see `--max-sessions` in
-app.py). Prints, every 30 s and at the end: stories written and failed, tokens/s, and the server's resident
-memory. Exits 1 if the server died or any story failed.
+comes from a new page load, as a stream of new visitors (each leaves a session behind on the server; see
+`--max-sessions` in app.py). Prints, every 30 s and at the end: stories written and failed, tokens/s, and the
+server's resident memory. Exits 1 if the server died or any story failed.
 """
 import argparse
 import asyncio
