@@ -236,9 +236,10 @@ class Engine:
         idx = torch.tensor([s.context[-1] for s in streams] + [self.eot_id] * (B - n), device=self.device)[:, None]
         u = torch.tensor([s.uniform() for s in streams] + [0.0] * (B - n), device=self.device)
         params, seen = [s.params for s in streams] + [PADDING] * (B - n), self._seen(streams, B)
-        if all(p.greedy or p.top_k for p in params) and self._one_pass:  # the common case on x86: one call
+        ranked = all(p.greedy or p.top_k for p in params)  # the common case: from the best candidates
+        if ranked and self._one_pass:  # on x86, the whole step in one call
             out = self._one_pass(idx, view, settings_tensor(params), u, seen, candidates_needed(params))
-        elif all(p.greedy or p.top_k for p in params):  # the common case elsewhere: decode and sample in one call
+        elif ranked:  # elsewhere, decode and sample in one (compiled) call
             out = self._pick.get(B, self._eager_pick)(idx, view, settings_tensor(params, self.device), u, seen)
         else:  # sampling over the whole vocabulary (top_k 0)
             logits, lse = self._logits(idx, view)
