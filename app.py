@@ -36,11 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "bf16/fp16 on CUDA); one the device cannot run falls back to the best it can")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    default=env.get("TINYGPT_COMPILE", "1") != "0",
-                   help="decode eagerly instead of torch.compile'ing the decode step (faster start-up, slower "
-                        "tokens; also $TINYGPT_COMPILE=0)")
+                   help="never torch.compile the decode step (also $TINYGPT_COMPILE=0): our kernels are built "
+                        "before the page opens and the one-pass step serves on x86; elsewhere the step runs "
+                        "eagerly (slower tokens)")
     p.add_argument("--concurrency", type=int, default=int(env.get("TINYGPT_CONCURRENCY", "32")),
                    help="stories decoded together, sharing each step (default: $TINYGPT_CONCURRENCY, else 32); "
-                        "the decode step is compiled for each power of two up to it")
+                        "where the step is compiled, it is compiled once for each power of two up to it")
     p.add_argument("--max-queue", type=int, default=int(env.get("TINYGPT_MAX_QUEUE", "64")),
                    help="requests that may wait beyond those; more are refused with a message "
                         "(default: $TINYGPT_MAX_QUEUE, else 64)")
